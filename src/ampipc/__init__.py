@@ -1,0 +1,77 @@
+"""ampipc: inter-processor communication for asymmetric multi-processing.
+
+FreeRTOS stream and message buffers, the STM32H7 dual-core IPC hardware and OpenAMP RPMsg,
+implemented over real shared memory with processes as cores.
+"""
+
+from __future__ import annotations
+
+import os as _os
+
+from . import _native
+from .buffers import BufferStatistics, MessageBuffer, StreamBuffer
+from .errors import (
+    BlockingInIsr,
+    BufferTooSmall,
+    CorruptRegion,
+    IncompatibleRegion,
+    IpcError,
+    MessageTooLarge,
+    NoBuffer,
+    ObjectExists,
+    ObjectNotFound,
+    PeerDied,
+    ProtocolError,
+    RegionClosed,
+    RegionExists,
+    RegionFull,
+    RegionNotFound,
+    ResourceExhausted,
+    RoleBusy,
+)
+from .liveness import current_token as _current_token
+from .region import ObjectEntry, ProcessEntry, Region
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "Region",
+    "ObjectEntry",
+    "ProcessEntry",
+    "MessageBuffer",
+    "StreamBuffer",
+    "BufferStatistics",
+    "get_default_spin",
+    "set_default_spin",
+    "IpcError",
+    "RegionExists",
+    "RegionNotFound",
+    "IncompatibleRegion",
+    "RegionClosed",
+    "RegionFull",
+    "ObjectNotFound",
+    "ObjectExists",
+    "CorruptRegion",
+    "MessageTooLarge",
+    "BufferTooSmall",
+    "PeerDied",
+    "RoleBusy",
+    "BlockingInIsr",
+    "ResourceExhausted",
+    "ProtocolError",
+    "NoBuffer",
+]
+
+get_default_spin = _native.get_default_spin
+set_default_spin = _native.set_default_spin
+
+_native._set_errors(CorruptRegion, MessageTooLarge, BufferTooSmall, RegionClosed, RoleBusy, BlockingInIsr)
+
+
+def _refresh_identity() -> None:
+    _native.set_process_identity(*_current_token())
+
+
+_refresh_identity()
+_os.register_at_fork(after_in_child=_refresh_identity)

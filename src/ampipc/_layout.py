@@ -1,0 +1,107 @@
+"""Shared-memory layouts of the region header, its directory and the buffer headers.
+
+Every multi-byte field is little-endian and naturally aligned. Offsets only, never pointers:
+each process maps the region at its own address. This module is the one description of these
+layouts on the Python side; `_native.c` repeats the buffer-header offsets (its fast path reads
+them) and the test suite checks that both agree.
+
+Region header (offset 0, 128 bytes)::
+
+    0   u32  magic            "AMPR" (0x52504D41)
+    4   u32  layout version   LAYOUT_VERSION
+    8   u64  size             bytes in the segment
+    16  u32  creator pid
+    24  u64  creator start    the creator's start time (clock ticks since boot), against pid reuse
+    32  u32  lock             0 free, else the pid of the process allocating an object
+    36  u32  directory count  entries published (each entry is complete before the count covers it)
+    40  u32  directory capacity
+    44  u32  process capacity
+    48  u64  allocation cursor  first free byte for the next object (64-byte aligned)
+    56  u32  directory offset
+    60  u32  process table offset
+    64  u32  objects offset   where the first object may start
+
+Directory entry (64 bytes): name[32] (UTF-8, NUL padded), kind[16] (ASCII, NUL padded),
+u64 offset, u64 size. Entries are appended under the lock and never removed.
+
+Process slot (32 bytes): u32 pid, u32 state (0 free, 1 attached), u64 start time, 16 reserved.
+A process claims a free (or dead) slot with a compare-and-swap on `state`.
+
+Buffer header (256 bytes; the storage follows at ``data offset``)::
+
+    line 0, constants written once at creation (trigger level: either side, FreeRTOS rules)
+    0   u32  magic           "AMSB" (0x42534D41)
+    4   u32  flags           bit 0: message buffer
+    8   u32  length          xLength = capacity + 1 (one byte is always kept free)
+    12  u32  data offset     from the header
+    16  u32  trigger level
+    20  u32  prefix size     4 (message length prefix, little-endian)
+    24  u32  total size      header + storage
+    line 1 (64), written by the writer only
+    64  u32  head            xHead, the next byte to write; the reader's futex word
+    68  u32  tx waiting      1 while the writer sleeps (xTaskWaitingToSend)
+    72  u32  writer pid      80  u64 writer start time
+    88  u64  messages in     96  u64 bytes in     104 u64 peak fill
+    112 u64  writer waits    120 u64 wake-ups issued by the writer
+    line 2 (128), written by the reader only
+    128 u32  tail            xTail, the next byte to read; the writer's futex word
+    132 u32  rx waiting      1 while the reader sleeps (xTaskWaitingToReceive)
+    136 u32  reader pid      144 u64 reader start time
+    152 u64  messages out    160 u64 bytes out
+    168 u64  reader waits    176 u64 wake-ups issued by the reader
+"""
+
+from __future__ import annotations
+
+import struct
+
+REGION_MAGIC = 0x52504D41
+LAYOUT_VERSION = 1
+REGION_HEADER = struct.Struct("<IIQI4xQIIIIQIII")
+REGION_HEADER_SIZE = 128
+
+OFF_MAGIC = 0
+OFF_VERSION = 4
+OFF_SIZE = 8
+OFF_CREATOR_PID = 16
+OFF_CREATOR_START = 24
+OFF_LOCK = 32
+OFF_DIR_COUNT = 36
+OFF_DIR_CAPACITY = 40
+OFF_PROC_CAPACITY = 44
+OFF_CURSOR = 48
+OFF_DIR_OFFSET = 56
+OFF_PROC_OFFSET = 60
+OFF_OBJECTS_OFFSET = 64
+
+DIR_ENTRY = struct.Struct("<32s16sQQ")
+DIR_ENTRY_SIZE = 64
+NAME_BYTES = 32
+KIND_BYTES = 16
+
+PROC_SLOT = struct.Struct("<IIQ16x")
+PROC_SLOT_SIZE = 32
+PROC_STATE_FREE = 0
+PROC_STATE_ATTACHED = 1
+
+DEFAULT_DIR_CAPACITY = 128
+DEFAULT_PROC_CAPACITY = 32
+OBJECT_ALIGN = 64
+
+RING_MAGIC = 0x42534D41
+RING_HEADER_SIZE = 256
+RING_FLAG_MESSAGE = 1
+PREFIX_SIZE = 4
+RING_CONSTANTS = struct.Struct("<IIIIIII")  # magic, flags, length, data offset, trigger, prefix, total
+RING_OFF_TRIGGER = 16
+RING_OFF_HEAD = 64
+RING_OFF_TX_WAITING = 68
+RING_OFF_TAIL = 128
+RING_OFF_RX_WAITING = 132
+
+KIND_MESSAGE_BUFFER = "message_buffer"
+KIND_STREAM_BUFFER = "stream_buffer"
+
+
+def align_up(value: int, alignment: int = OBJECT_ALIGN) -> int:
+    return (value + alignment - 1) // alignment * alignment

@@ -1,0 +1,1622 @@
+/*
+ * ampipc._native: the small C core.
+ *
+ * Theory of operation
+ * -------------------
+ * Mapping  owns one MAP_SHARED mapping of a shared-memory segment. It exports the bytes through
+ *          the buffer protocol and offers atomic operations (acquire/release or seq_cst, via the
+ *          GCC __atomic builtins, so ordering is right on aarch64 as on x86) and futex wait/wake on
+ *          aligned words of it. Every offset is checked against the mapping's size and alignment.
+ *          close() never fails: the unmap is deferred until no buffer export and no native call in
+ *          flight (one that released the GIL to wait) still uses the memory.
+ *
+ * MessageRing / StreamRing  the FreeRTOS stream-buffer ring (one byte always free, xLength =
+ *          capacity + 1) at an offset of a Mapping. The whole send and receive fast path is one C
+ *          call. Ownership of the words of a ring header (layout in ampipc/_layout.py):
+ *            - the writer alone stores head, tx_waiting and the writer statistics;
+ *            - the reader alone stores tail, rx_waiting and the reader statistics;
+ *            - constants (magic, flags, length, data offset, prefix size) are written once at create;
+ *            - trigger_level may be set by either side (as xStreamBufferSetTriggerLevel).
+ *          The writer copies the payload, then publishes head with one release store; the reader
+ *          copies out, then publishes tail with one release store (FreeRTOS main-branch order).
+ *          A blocked side stores its waiting flag, issues a seq_cst fence, re-checks, then sleeps
+ *          on the futex of the index the peer publishes (head for a reader, tail for a writer).
+ *          The peer publishes, fences, and wakes only if the flag is set: no system call when nobody
+ *          waits. A sleep never exceeds WAIT_SLICE_NS, after which signals, the region's state and
+ *          the peer's liveness are checked: a missed wake-up costs latency, never a hang.
+ *          Every index and length read from shared memory is checked before use; a bad one raises
+ *          CorruptRegion naming the object and field.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- ring header layout: must match ampipc/_layout.py -------------------------------------- */
+#define RING_MAGIC 0x42534D41u /* "AMSB" little-endian */
+#define OFF_MAGIC 0
+#define OFF_FLAGS 4
+#define OFF_LENGTH 8
+#define OFF_DATA 12
+#define OFF_TRIGGER 16
+#define OFF_PREFIX 20
+#define OFF_TOTAL 24
+/* writer cache line */
+#define OFF_HEAD 64
+#define OFF_TX_WAITING 68
+#define OFF_WRITER_PID 72
+#define OFF_WRITER_START 80
+#define OFF_MSGS_IN 88
+#define OFF_BYTES_IN 96
+#define OFF_PEAK 104
+#define OFF_TX_BLOCKS 112
+#define OFF_WAKES_BY_WRITER 120
+/* reader cache line */
+#define OFF_TAIL 128
+#define OFF_RX_WAITING 132
+#define OFF_READER_PID 136
+#define OFF_READER_START 144
+#define OFF_MSGS_OUT 152
+#define OFF_BYTES_OUT 160
+#define OFF_RX_BLOCKS 168
+#define OFF_WAKES_BY_READER 176
+#define RING_HEADER_SIZE 256
+
+#define FLAG_MESSAGE 1u
+#define PREFIX_SIZE 4u
+
+#define WAIT_SLICE_NS 100000000LL /* 100 ms: the longest a wait goes without re-checking */
+#define DEFAULT_SPIN_NS 50000
+
+static PyObject *ErrCorrupt, *ErrTooLarge, *ErrTooSmall, *ErrClosed, *ErrRoleBusy, *ErrInIsr;
+/* Set while this thread runs an interrupt handler: blocking calls are refused there. */
+static __thread int in_isr_context = 0;
+static uint32_t process_pid = 0;
+static uint64_t process_start = 0;
+static long default_spin_ns = DEFAULT_SPIN_NS;
+
+/* ---- small helpers ------------------------------------------------------------------------- */
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield" ::: "memory");
+#endif
+}
+
+static inline int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static inline uint32_t ld32_acq(const void *p) { return __atomic_load_n((const uint32_t *)p, __ATOMIC_ACQUIRE); }
+static inline uint32_t ld32_rlx(const void *p) { return __atomic_load_n((const uint32_t *)p, __ATOMIC_RELAXED); }
+static inline void st32_rel(void *p, uint32_t v) { __atomic_store_n((uint32_t *)p, v, __ATOMIC_RELEASE); }
+static inline void st32_rlx(void *p, uint32_t v) { __atomic_store_n((uint32_t *)p, v, __ATOMIC_RELAXED); }
+static inline uint64_t ld64_rlx(const void *p) { return __atomic_load_n((const uint64_t *)p, __ATOMIC_RELAXED); }
+static inline void st64_rlx(void *p, uint64_t v) { __atomic_store_n((uint64_t *)p, v, __ATOMIC_RELAXED); }
+/* Counters have a single writer: a relaxed load and store is enough, and never tears. */
+static inline void bump64(void *p, uint64_t d) { st64_rlx(p, ld64_rlx(p) + d); }
+
+static long sys_futex(void *addr, int op, uint32_t val, const struct timespec *ts) {
+    return syscall(SYS_futex, addr, op, val, ts, NULL, 0);
+}
+
+/* Parse a timeout argument: None -> -1 (forever); a number >= 0 -> nanoseconds. */
+static int parse_timeout(PyObject *obj, int64_t *out_ns) {
+    if (obj == NULL || obj == Py_None) {
+        *out_ns = -1;
+        return 0;
+    }
+    double t = PyFloat_AsDouble(obj);
+    if (t == -1.0 && PyErr_Occurred()) return -1;
+    if (isnan(t) || t < 0) {
+        PyErr_SetString(PyExc_ValueError, "timeout must be None or a number >= 0");
+        return -1;
+    }
+    if (t > 1e9) { /* about 31 years: treat as forever */
+        *out_ns = -1;
+        return 0;
+    }
+    *out_ns = (int64_t)(t * 1e9);
+    return 0;
+}
+
+/* ---- Mapping ------------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    unsigned char *base;
+    Py_ssize_t size;
+    int closed;
+    Py_ssize_t exports; /* buffer-protocol views alive */
+    Py_ssize_t busy;    /* native calls in flight that released the GIL */
+    PyObject *weakreflist;
+} MappingObject;
+
+static void mapping_maybe_unmap(MappingObject *m) {
+    if (m->closed && m->exports == 0 && m->busy == 0 && m->base != NULL) {
+        munmap(m->base, (size_t)m->size);
+        m->base = NULL;
+    }
+}
+
+static int mapping_init(MappingObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"fd", "size", NULL};
+    int fd;
+    Py_ssize_t size;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "in", kwlist, &fd, &size)) return -1;
+    if (self->base != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Mapping is already initialised");
+        return -1;
+    }
+    if (size <= 0) {
+        PyErr_SetString(PyExc_ValueError, "size must be positive");
+        return -1;
+    }
+    void *p = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    self->base = (unsigned char *)p;
+    self->size = size;
+    self->closed = 0;
+    return 0;
+}
+
+static void mapping_dealloc(MappingObject *self) {
+    if (self->weakreflist != NULL) PyObject_ClearWeakRefs((PyObject *)self);
+    if (self->base != NULL) munmap(self->base, (size_t)self->size);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int mapping_check_open(MappingObject *m) {
+    if (m->closed || m->base == NULL) {
+        PyErr_SetString(ErrClosed, "the region is closed");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *mapping_close(MappingObject *self, PyObject *unused) {
+    self->closed = 1;
+    mapping_maybe_unmap(self);
+    Py_RETURN_NONE;
+}
+
+static int mapping_getbuffer(MappingObject *self, Py_buffer *view, int flags) {
+    if (mapping_check_open(self) < 0) {
+        view->obj = NULL;
+        return -1;
+    }
+    if (PyBuffer_FillInfo(view, (PyObject *)self, self->base, self->size, 0, flags) < 0) return -1;
+    self->exports++;
+    return 0;
+}
+
+static void mapping_releasebuffer(MappingObject *self, Py_buffer *view) {
+    self->exports--;
+    mapping_maybe_unmap(self);
+}
+
+static PyBufferProcs mapping_as_buffer = {
+    (getbufferproc)mapping_getbuffer,
+    (releasebufferproc)mapping_releasebuffer,
+};
+
+/* Returns a pointer to `width` bytes at `off`, or NULL with an exception set. */
+static unsigned char *mapping_word(MappingObject *m, Py_ssize_t off, Py_ssize_t width) {
+    if (mapping_check_open(m) < 0) return NULL;
+    if (off < 0 || off > m->size - width) {
+        PyErr_Format(PyExc_IndexError, "offset %zd is outside the mapping of %zd bytes", off, m->size);
+        return NULL;
+    }
+    if (off % width != 0) {
+        PyErr_Format(PyExc_ValueError, "offset %zd is not aligned to %zd bytes", off, width);
+        return NULL;
+    }
+    return m->base + off;
+}
+
+#define MAPPING_U32_OP(NAME, EXPR)                                                        \
+    static PyObject *mapping_##NAME(MappingObject *self, PyObject *args) {                \
+        Py_ssize_t off;                                                                   \
+        unsigned long v;                                                                  \
+        if (!PyArg_ParseTuple(args, "nk", &off, &v)) return NULL;                         \
+        uint32_t *p = (uint32_t *)mapping_word(self, off, 4);                             \
+        if (p == NULL) return NULL;                                                       \
+        if (v > 0xFFFFFFFFul) {                                                           \
+            PyErr_SetString(PyExc_OverflowError, "value does not fit in 32 bits");        \
+            return NULL;                                                                  \
+        }                                                                                 \
+        uint32_t val = (uint32_t)v;                                                       \
+        return PyLong_FromUnsignedLong(EXPR);                                             \
+    }
+
+MAPPING_U32_OP(fetch_add_u32, __atomic_fetch_add(p, val, __ATOMIC_SEQ_CST))
+MAPPING_U32_OP(fetch_sub_u32, __atomic_fetch_sub(p, val, __ATOMIC_SEQ_CST))
+MAPPING_U32_OP(fetch_or_u32, __atomic_fetch_or(p, val, __ATOMIC_SEQ_CST))
+MAPPING_U32_OP(fetch_and_u32, __atomic_fetch_and(p, val, __ATOMIC_SEQ_CST))
+MAPPING_U32_OP(fetch_xor_u32, __atomic_fetch_xor(p, val, __ATOMIC_SEQ_CST))
+MAPPING_U32_OP(exchange_u32, __atomic_exchange_n(p, val, __ATOMIC_SEQ_CST))
+
+static PyObject *mapping_load_u32(MappingObject *self, PyObject *arg) {
+    Py_ssize_t off = PyLong_AsSsize_t(arg);
+    if (off == -1 && PyErr_Occurred()) return NULL;
+    uint32_t *p = (uint32_t *)mapping_word(self, off, 4);
+    if (p == NULL) return NULL;
+    return PyLong_FromUnsignedLong(__atomic_load_n(p, __ATOMIC_SEQ_CST));
+}
+
+static PyObject *mapping_store_u32(MappingObject *self, PyObject *args) {
+    Py_ssize_t off;
+    unsigned long v;
+    if (!PyArg_ParseTuple(args, "nk", &off, &v)) return NULL;
+    uint32_t *p = (uint32_t *)mapping_word(self, off, 4);
+    if (p == NULL) return NULL;
+    if (v > 0xFFFFFFFFul) {
+        PyErr_SetString(PyExc_OverflowError, "value does not fit in 32 bits");
+        return NULL;
+    }
+    __atomic_store_n(p, (uint32_t)v, __ATOMIC_SEQ_CST);
+    Py_RETURN_NONE;
+}
+
+static PyObject *mapping_cas_u32(MappingObject *self, PyObject *args) {
+    Py_ssize_t off;
+    unsigned long expected, desired;
+    if (!PyArg_ParseTuple(args, "nkk", &off, &expected, &desired)) return NULL;
+    uint32_t *p = (uint32_t *)mapping_word(self, off, 4);
+    if (p == NULL) return NULL;
+    if (expected > 0xFFFFFFFFul || desired > 0xFFFFFFFFul) {
+        PyErr_SetString(PyExc_OverflowError, "value does not fit in 32 bits");
+        return NULL;
+    }
+    uint32_t exp = (uint32_t)expected;
+    __atomic_compare_exchange_n(p, &exp, (uint32_t)desired, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    return PyLong_FromUnsignedLong(exp); /* the value found: == expected iff it succeeded */
+}
+
+static PyObject *mapping_load_u64(MappingObject *self, PyObject *arg) {
+    Py_ssize_t off = PyLong_AsSsize_t(arg);
+    if (off == -1 && PyErr_Occurred()) return NULL;
+    uint64_t *p = (uint64_t *)mapping_word(self, off, 8);
+    if (p == NULL) return NULL;
+    return PyLong_FromUnsignedLongLong(__atomic_load_n(p, __ATOMIC_SEQ_CST));
+}
+
+static PyObject *mapping_store_u64(MappingObject *self, PyObject *args) {
+    Py_ssize_t off;
+    unsigned long long v;
+    if (!PyArg_ParseTuple(args, "nK", &off, &v)) return NULL;
+    uint64_t *p = (uint64_t *)mapping_word(self, off, 8);
+    if (p == NULL) return NULL;
+    __atomic_store_n(p, (uint64_t)v, __ATOMIC_SEQ_CST);
+    Py_RETURN_NONE;
+}
+
+static PyObject *mapping_cas_u64(MappingObject *self, PyObject *args) {
+    Py_ssize_t off;
+    unsigned long long expected, desired;
+    if (!PyArg_ParseTuple(args, "nKK", &off, &expected, &desired)) return NULL;
+    uint64_t *p = (uint64_t *)mapping_word(self, off, 8);
+    if (p == NULL) return NULL;
+    uint64_t exp = (uint64_t)expected;
+    __atomic_compare_exchange_n(p, &exp, (uint64_t)desired, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    return PyLong_FromUnsignedLongLong(exp);
+}
+
+static PyObject *mapping_fetch_add_u64(MappingObject *self, PyObject *args) {
+    Py_ssize_t off;
+    unsigned long long v;
+    if (!PyArg_ParseTuple(args, "nK", &off, &v)) return NULL;
+    uint64_t *p = (uint64_t *)mapping_word(self, off, 8);
+    if (p == NULL) return NULL;
+    return PyLong_FromUnsignedLongLong(__atomic_fetch_add(p, (uint64_t)v, __ATOMIC_SEQ_CST));
+}
+
+/* Sleep on the futex word at `addr` while it holds `expected`, for at most `slice_ns`, with the
+ * GIL released. The caller holds the GIL and has marked the mapping busy. Returns 1 if woken
+ * (or the word differed), 0 if the slice ran out or a signal arrived. */
+static int futex_sleep(uint32_t *addr, uint32_t expected, int64_t slice_ns) {
+    struct timespec ts;
+    ts.tv_sec = (time_t)(slice_ns / 1000000000LL);
+    ts.tv_nsec = (long)(slice_ns % 1000000000LL);
+    long r;
+    Py_BEGIN_ALLOW_THREADS
+    r = sys_futex(addr, FUTEX_WAIT, expected, &ts);
+    Py_END_ALLOW_THREADS
+    if (r == 0) return 1;
+    if (errno == EAGAIN) return 1;
+    return 0; /* ETIMEDOUT, EINTR */
+}
+
+static PyObject *mapping_futex_wait(MappingObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"offset", "expected", "timeout", NULL};
+    Py_ssize_t off;
+    unsigned long expected;
+    PyObject *timeout_obj = Py_None;
+    int64_t timeout_ns;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "nk|O", kwlist, &off, &expected, &timeout_obj)) return NULL;
+    if (parse_timeout(timeout_obj, &timeout_ns) < 0) return NULL;
+    uint32_t *p = (uint32_t *)mapping_word(self, off, 4);
+    if (p == NULL) return NULL;
+    int64_t deadline = timeout_ns < 0 ? -1 : now_ns() + timeout_ns;
+    int result = 0;
+    self->busy++;
+    for (;;) {
+        if (__atomic_load_n(p, __ATOMIC_SEQ_CST) != (uint32_t)expected) {
+            result = 1;
+            break;
+        }
+        int64_t slice = WAIT_SLICE_NS;
+        if (deadline >= 0) {
+            int64_t left = deadline - now_ns();
+            if (left <= 0) break;
+            if (left < slice) slice = left;
+        }
+        if (futex_sleep(p, (uint32_t)expected, slice)) {
+            result = 1;
+            break;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            self->busy--;
+            mapping_maybe_unmap(self);
+            return NULL;
+        }
+        if (self->closed) {
+            self->busy--;
+            mapping_maybe_unmap(self);
+            PyErr_SetString(ErrClosed, "the region was closed during the wait");
+            return NULL;
+        }
+    }
+    self->busy--;
+    mapping_maybe_unmap(self);
+    return PyBool_FromLong(result);
+}
+
+static PyObject *mapping_futex_wake(MappingObject *self, PyObject *args) {
+    Py_ssize_t off;
+    int count = INT_MAX;
+    if (!PyArg_ParseTuple(args, "n|i", &off, &count)) return NULL;
+    uint32_t *p = (uint32_t *)mapping_word(self, off, 4);
+    if (p == NULL) return NULL;
+    long r = sys_futex(p, FUTEX_WAKE, (uint32_t)count, NULL);
+    if (r < 0) return PyErr_SetFromErrno(PyExc_OSError);
+    return PyLong_FromLong(r);
+}
+
+static PyObject *mapping_get_size(MappingObject *self, void *c) { return PyLong_FromSsize_t(self->size); }
+static PyObject *mapping_get_closed(MappingObject *self, void *c) { return PyBool_FromLong(self->closed); }
+
+static PyMethodDef mapping_methods[] = {
+    {"close", (PyCFunction)mapping_close, METH_NOARGS, "Close; the unmap waits for views and waits in flight."},
+    {"load_u32", (PyCFunction)mapping_load_u32, METH_O, "Atomic load (seq_cst) of the u32 at offset."},
+    {"store_u32", (PyCFunction)mapping_store_u32, METH_VARARGS, "Atomic store (seq_cst)."},
+    {"cas_u32", (PyCFunction)mapping_cas_u32, METH_VARARGS, "Compare-and-swap; returns the value found."},
+    {"fetch_add_u32", (PyCFunction)mapping_fetch_add_u32, METH_VARARGS, "Atomic add; returns the old value."},
+    {"fetch_sub_u32", (PyCFunction)mapping_fetch_sub_u32, METH_VARARGS, "Atomic subtract; returns the old value."},
+    {"fetch_or_u32", (PyCFunction)mapping_fetch_or_u32, METH_VARARGS, "Atomic or; returns the old value."},
+    {"fetch_and_u32", (PyCFunction)mapping_fetch_and_u32, METH_VARARGS, "Atomic and; returns the old value."},
+    {"fetch_xor_u32", (PyCFunction)mapping_fetch_xor_u32, METH_VARARGS, "Atomic xor; returns the old value."},
+    {"exchange_u32", (PyCFunction)mapping_exchange_u32, METH_VARARGS, "Atomic exchange; returns the old value."},
+    {"load_u64", (PyCFunction)mapping_load_u64, METH_O, "Atomic load of the u64 at offset."},
+    {"store_u64", (PyCFunction)mapping_store_u64, METH_VARARGS, "Atomic store of a u64."},
+    {"cas_u64", (PyCFunction)mapping_cas_u64, METH_VARARGS, "Compare-and-swap of a u64; returns the value found."},
+    {"fetch_add_u64", (PyCFunction)mapping_fetch_add_u64, METH_VARARGS, "Atomic add of a u64; returns the old value."},
+    {"futex_wait", (PyCFunction)(void (*)(void))mapping_futex_wait, METH_VARARGS | METH_KEYWORDS,
+     "Sleep while the u32 at offset equals expected; True if woken or changed, False on timeout."},
+    {"futex_wake", (PyCFunction)mapping_futex_wake, METH_VARARGS, "Wake up to count sleepers; returns how many."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef mapping_getset[] = {
+    {"size", (getter)mapping_get_size, NULL, "Bytes mapped.", NULL},
+    {"closed", (getter)mapping_get_closed, NULL, "True after close().", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject MappingType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ampipc._native.Mapping",
+    .tp_basicsize = sizeof(MappingObject),
+    .tp_dealloc = (destructor)mapping_dealloc,
+    .tp_as_buffer = &mapping_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "Mapping(fd, size): a shared mapping with atomics and futex wait/wake on its words.",
+    .tp_weaklistoffset = offsetof(MappingObject, weakreflist),
+    .tp_methods = mapping_methods,
+    .tp_getset = mapping_getset,
+    .tp_init = (initproc)mapping_init,
+    .tp_new = PyType_GenericNew,
+};
+
+/* ---- rings --------------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    MappingObject *mapping;
+    Py_ssize_t offset; /* of the header in the mapping */
+    uint32_t length;   /* xLength = capacity + 1, cached and re-checked against the header */
+    uint32_t data_off; /* of the storage, relative to the header */
+    int is_message;
+    PyObject *name;
+    PyObject *send_hook;    /* NULL: the default direct futex wake */
+    PyObject *receive_hook; /* NULL: the default direct futex wake */
+    PyObject *peer_check;   /* called with (role,) after a wait slice runs out */
+    PyObject *guard;        /* bytearray(2): in-process writer / reader busy flags */
+    long spin_ns;
+    int in_hook;
+    PyObject *weakreflist;
+} RingObject;
+
+#define ROLE_WRITER 0
+#define ROLE_READER 1
+
+static inline unsigned char *ring_hdr(RingObject *r) { return r->mapping->base + r->offset; }
+
+static PyObject *raise_corrupt(RingObject *r, const char *field, long long value, const char *why) {
+    PyObject *msg = PyUnicode_FromFormat("shared buffer %R is corrupt: %s = %lld %s", r->name, field, value, why);
+    if (msg == NULL) return NULL;
+    PyObject *args = PyTuple_Pack(1, msg);
+    Py_DECREF(msg);
+    if (args == NULL) return NULL;
+    PyObject *kw = Py_BuildValue("{s:O,s:s,s:L}", "object", r->name, "field", field, "value", value);
+    if (kw == NULL) {
+        Py_DECREF(args);
+        return NULL;
+    }
+    PyObject *exc = PyObject_Call(ErrCorrupt, args, kw);
+    Py_DECREF(args);
+    Py_DECREF(kw);
+    if (exc == NULL) return NULL;
+    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+    Py_DECREF(exc);
+    return NULL;
+}
+
+/* Snapshot of the indexes, validated. */
+typedef struct {
+    uint32_t head, tail, length;
+} ring_state;
+
+static int ring_open(RingObject *r) {
+    if (r->mapping == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "buffer object is not initialised");
+        return -1;
+    }
+    return mapping_check_open(r->mapping);
+}
+
+static int ring_load(RingObject *r, ring_state *s, int role) {
+    unsigned char *h = ring_hdr(r);
+    uint32_t length = ld32_rlx(h + OFF_LENGTH);
+    if (length != r->length) {
+        raise_corrupt(r, "length", length, "changed since attach");
+        return -1;
+    }
+    s->length = length;
+    /* own index relaxed, the peer's with acquire: the peer's data is visible once its index is */
+    if (role == ROLE_WRITER) {
+        s->head = ld32_rlx(h + OFF_HEAD);
+        s->tail = ld32_acq(h + OFF_TAIL);
+    } else {
+        s->tail = ld32_rlx(h + OFF_TAIL);
+        s->head = ld32_acq(h + OFF_HEAD);
+    }
+    if (s->head >= length) {
+        raise_corrupt(r, "head", s->head, "is not below the ring length");
+        return -1;
+    }
+    if (s->tail >= length) {
+        raise_corrupt(r, "tail", s->tail, "is not below the ring length");
+        return -1;
+    }
+    return 0;
+}
+
+static inline uint32_t st_avail(const ring_state *s) {
+    uint32_t c = s->length + s->head - s->tail;
+    if (c >= s->length) c -= s->length;
+    return c;
+}
+
+static inline uint32_t st_spaces(const ring_state *s) {
+    uint32_t c = s->length + s->tail - s->head - 1;
+    if (c >= s->length) c -= s->length;
+    return c;
+}
+
+static void ring_copy_in(RingObject *r, uint32_t at, const unsigned char *src, uint32_t n) {
+    unsigned char *data = ring_hdr(r) + r->data_off;
+    uint32_t first = r->length - at;
+    if (first > n) first = n;
+    memcpy(data + at, src, first);
+    if (n > first) memcpy(data, src + first, n - first);
+}
+
+static void ring_copy_out(RingObject *r, uint32_t at, unsigned char *dst, uint32_t n) {
+    unsigned char *data = ring_hdr(r) + r->data_off;
+    uint32_t first = r->length - at;
+    if (first > n) first = n;
+    memcpy(dst, data + at, first);
+    if (n > first) memcpy(dst + first, data, n - first);
+}
+
+static inline uint32_t ring_advance(RingObject *r, uint32_t at, uint32_t n) {
+    uint32_t x = at + n;
+    if (x >= r->length) x -= r->length;
+    return x;
+}
+
+/* Wake the side sleeping on `word_off` if its waiting flag is set. The seq_cst fence pairs with
+ * the one the sleeper issues between storing its flag and re-checking the index. */
+static int ring_wake_if_waiting(RingObject *r, Py_ssize_t flag_off, Py_ssize_t word_off, Py_ssize_t stat_off) {
+    unsigned char *h = ring_hdr(r);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (ld32_rlx(h + flag_off) == 0) return 0;
+    sys_futex(h + word_off, FUTEX_WAKE, INT_MAX, NULL);
+    bump64(h + stat_off, 1);
+    return 1;
+}
+
+static void ring_record_identity(RingObject *r, Py_ssize_t pid_off, Py_ssize_t start_off) {
+    unsigned char *h = ring_hdr(r);
+    if (ld32_rlx(h + pid_off) != process_pid || ld64_rlx(h + start_off) != process_start) {
+        st64_rlx(h + start_off, process_start);
+        __atomic_store_n((uint32_t *)(h + pid_off), process_pid, __ATOMIC_RELEASE);
+    }
+}
+
+static void ring_call_hook(RingObject *r, PyObject *hook) {
+    /* A hook that raises cannot undo a completed send or receive; its error is reported, not lost. */
+    if (r->in_hook) return; /* recursion guard: a hook sending on its own buffer */
+    r->in_hook = 1;
+    PyObject *res = PyObject_CallOneArg(hook, (PyObject *)r);
+    r->in_hook = 0;
+    if (res == NULL)
+        PyErr_WriteUnraisable(hook);
+    else
+        Py_DECREF(res);
+}
+
+/* After `n` bytes (record included) were published: the sbSEND_COMPLETED point. */
+static void ring_send_completed(RingObject *r, uint32_t new_head, uint32_t tail) {
+    unsigned char *h = ring_hdr(r);
+    ring_state s = {new_head, tail, r->length};
+    uint32_t fill = st_avail(&s);
+    if ((uint64_t)fill > ld64_rlx(h + OFF_PEAK)) st64_rlx(h + OFF_PEAK, fill);
+    uint32_t trigger = ld32_rlx(h + OFF_TRIGGER);
+    if (fill < trigger) return;
+    if (r->send_hook != NULL)
+        ring_call_hook(r, r->send_hook);
+    else
+        ring_wake_if_waiting(r, OFF_RX_WAITING, OFF_HEAD, OFF_WAKES_BY_WRITER);
+}
+
+static void ring_receive_completed(RingObject *r) {
+    if (r->receive_hook != NULL)
+        ring_call_hook(r, r->receive_hook);
+    else
+        ring_wake_if_waiting(r, OFF_TX_WAITING, OFF_TAIL, OFF_WAKES_BY_READER);
+}
+
+/* ---- the operations, non-blocking. Each returns: 1 done, 0 not possible now, -1 error. ---- */
+
+/* Message send: all or nothing. */
+static int op_message_send(RingObject *r, const unsigned char *src, uint32_t n) {
+    ring_state s;
+    if (ring_load(r, &s, ROLE_WRITER) < 0) return -1;
+    if (st_spaces(&s) < n + PREFIX_SIZE) return 0;
+    unsigned char prefix[4] = {(unsigned char)n, (unsigned char)(n >> 8), (unsigned char)(n >> 16),
+                               (unsigned char)(n >> 24)};
+    ring_copy_in(r, s.head, prefix, PREFIX_SIZE);
+    uint32_t at = ring_advance(r, s.head, PREFIX_SIZE);
+    ring_copy_in(r, at, src, n);
+    uint32_t new_head = ring_advance(r, at, n);
+    unsigned char *h = ring_hdr(r);
+    ring_record_identity(r, OFF_WRITER_PID, OFF_WRITER_START);
+    st32_rel(h + OFF_HEAD, new_head);
+    bump64(h + OFF_MSGS_IN, 1);
+    bump64(h + OFF_BYTES_IN, n);
+    ring_send_completed(r, new_head, s.tail);
+    return 1;
+}
+
+/* Stream send: writes what fits; *written gets the count. Returns 1 if anything was written. */
+static int op_stream_send(RingObject *r, const unsigned char *src, uint32_t n, uint32_t *written) {
+    ring_state s;
+    *written = 0;
+    if (ring_load(r, &s, ROLE_WRITER) < 0) return -1;
+    uint32_t k = st_spaces(&s);
+    if (k > n) k = n;
+    if (k == 0) return 0;
+    ring_copy_in(r, s.head, src, k);
+    uint32_t new_head = ring_advance(r, s.head, k);
+    unsigned char *h = ring_hdr(r);
+    ring_record_identity(r, OFF_WRITER_PID, OFF_WRITER_START);
+    st32_rel(h + OFF_HEAD, new_head);
+    bump64(h + OFF_MSGS_IN, 1);
+    bump64(h + OFF_BYTES_IN, k);
+    *written = k;
+    ring_send_completed(r, new_head, s.tail);
+    return 1;
+}
+
+/* Peek the next message's length. Returns 1 with *len set, 0 if empty, -1 on error. */
+static int ring_peek_length(RingObject *r, ring_state *s, uint32_t *len) {
+    uint32_t avail = st_avail(s);
+    if (avail == 0) return 0;
+    if (avail < PREFIX_SIZE) {
+        raise_corrupt(r, "head", s->head, "leaves fewer bytes than a length prefix in the buffer");
+        return -1;
+    }
+    unsigned char prefix[4];
+    ring_copy_out(r, s->tail, prefix, PREFIX_SIZE);
+    uint32_t n = (uint32_t)prefix[0] | ((uint32_t)prefix[1] << 8) | ((uint32_t)prefix[2] << 16) |
+                 ((uint32_t)prefix[3] << 24);
+    if (n > avail - PREFIX_SIZE) {
+        raise_corrupt(r, "message length prefix", n, "is longer than the bytes in the buffer");
+        return -1;
+    }
+    *len = n;
+    return 1;
+}
+
+/* Message receive. If `dst` is NULL a bytes object is made and returned in *out; otherwise the
+ * payload goes to dst (capacity dst_cap) and *out_len gets its length. */
+static int op_message_receive(RingObject *r, unsigned char *dst, Py_ssize_t dst_cap, PyObject **out,
+                              uint32_t *out_len) {
+    ring_state s;
+    if (ring_load(r, &s, ROLE_READER) < 0) return -1;
+    uint32_t n;
+    int k = ring_peek_length(r, &s, &n);
+    if (k <= 0) return k;
+    uint32_t at = ring_advance(r, s.tail, PREFIX_SIZE);
+    if (dst == NULL) {
+        PyObject *b = PyBytes_FromStringAndSize(NULL, n);
+        if (b == NULL) return -1;
+        ring_copy_out(r, at, (unsigned char *)PyBytes_AS_STRING(b), n);
+        *out = b;
+    } else {
+        if ((Py_ssize_t)n > dst_cap) {
+            PyObject *msg = PyUnicode_FromFormat(
+                "the next message is %u bytes but the buffer holds only %zd; it stays in place", n, dst_cap);
+            if (msg == NULL) return -1;
+            PyObject *args = PyTuple_Pack(1, msg);
+            Py_DECREF(msg);
+            PyObject *kw = args ? Py_BuildValue("{s:I}", "needed", n) : NULL;
+            PyObject *exc = kw ? PyObject_Call(ErrTooSmall, args, kw) : NULL;
+            Py_XDECREF(args);
+            Py_XDECREF(kw);
+            if (exc != NULL) {
+                PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+                Py_DECREF(exc);
+            }
+            return -1;
+        }
+        ring_copy_out(r, at, dst, n);
+    }
+    *out_len = n;
+    unsigned char *h = ring_hdr(r);
+    ring_record_identity(r, OFF_READER_PID, OFF_READER_START);
+    st32_rel(h + OFF_TAIL, ring_advance(r, at, n));
+    bump64(h + OFF_MSGS_OUT, 1);
+    bump64(h + OFF_BYTES_OUT, n);
+    ring_receive_completed(r);
+    return 1;
+}
+
+/* Stream receive of up to `max` bytes into dst. */
+static int op_stream_receive(RingObject *r, unsigned char *dst, uint32_t max, uint32_t *got) {
+    ring_state s;
+    *got = 0;
+    if (ring_load(r, &s, ROLE_READER) < 0) return -1;
+    uint32_t k = st_avail(&s);
+    if (k > max) k = max;
+    if (k == 0) return 0;
+    ring_copy_out(r, s.tail, dst, k);
+    unsigned char *h = ring_hdr(r);
+    ring_record_identity(r, OFF_READER_PID, OFF_READER_START);
+    st32_rel(h + OFF_TAIL, ring_advance(r, s.tail, k));
+    bump64(h + OFF_MSGS_OUT, 1);
+    bump64(h + OFF_BYTES_OUT, k);
+    *got = k;
+    ring_receive_completed(r);
+    return 1;
+}
+
+/* ---- waiting ------------------------------------------------------------------------------- */
+
+/* What a blocked side waits for: for a writer, `need` free spaces; for a reader, `need` bytes. */
+static inline int ring_ready(RingObject *r, int role, uint32_t need) {
+    unsigned char *h = ring_hdr(r);
+    ring_state s;
+    s.length = r->length;
+    s.head = ld32_acq(h + OFF_HEAD);
+    s.tail = ld32_acq(h + OFF_TAIL);
+    if (s.head >= s.length || s.tail >= s.length) return 1; /* let the operation report it */
+    return role == ROLE_WRITER ? st_spaces(&s) >= need : st_avail(&s) >= need;
+}
+
+/* Wait until ring_ready(role, need) or the deadline. Returns 1 ready (or worth retrying), 0 at
+ * the deadline, -1 on error (signal, closed region, dead peer, corrupt state). */
+static int ring_wait(RingObject *r, int role, uint32_t need, int64_t deadline) {
+    MappingObject *m = r->mapping;
+    unsigned char *h = ring_hdr(r);
+    Py_ssize_t flag_off = role == ROLE_WRITER ? OFF_TX_WAITING : OFF_RX_WAITING;
+    Py_ssize_t word_off = role == ROLE_WRITER ? OFF_TAIL : OFF_HEAD;
+    Py_ssize_t blocks_off = role == ROLE_WRITER ? OFF_TX_BLOCKS : OFF_RX_BLOCKS;
+    int result = 0;
+
+    m->busy++;
+    /* Bounded spin first: the peer is often about to answer, and a futex round costs microseconds. */
+    if (r->spin_ns > 0) {
+        int ready = 0;
+        Py_BEGIN_ALLOW_THREADS
+        int64_t start = now_ns();
+        int64_t stop = start + r->spin_ns;
+        if (deadline >= 0 && deadline < stop) stop = deadline;
+        for (unsigned i = 1;; i++) {
+            if (ring_ready(r, role, need)) {
+                ready = 1;
+                break;
+            }
+            cpu_relax();
+            if ((i & 63) == 0 && now_ns() >= stop) break;
+        }
+        Py_END_ALLOW_THREADS
+        if (ready) {
+            result = 1;
+            goto out;
+        }
+    }
+    for (;;) {
+        int64_t slice = WAIT_SLICE_NS;
+        if (deadline >= 0) {
+            int64_t left = deadline - now_ns();
+            if (left <= 0) {
+                result = 0;
+                goto out;
+            }
+            if (left < slice) slice = left;
+        }
+        uint32_t seen = ld32_acq(h + word_off);
+        st32_rlx(h + flag_off, 1);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        if (ring_ready(r, role, need)) {
+            st32_rlx(h + flag_off, 0);
+            result = 1;
+            goto out;
+        }
+        bump64(h + blocks_off, 1);
+        int woken = futex_sleep((uint32_t *)(h + word_off), seen, slice);
+        st32_rlx(h + flag_off, 0);
+        if (PyErr_CheckSignals() < 0) {
+            result = -1;
+            goto out;
+        }
+        if (m->closed) {
+            PyErr_SetString(ErrClosed, "the region was closed during the wait");
+            result = -1;
+            goto out;
+        }
+        if (woken) {
+            if (ring_ready(r, role, need)) {
+                result = 1;
+                goto out;
+            }
+            continue; /* the index moved but not far enough (trigger level): wait again */
+        }
+        if (r->peer_check != NULL) {
+            PyObject *res = PyObject_CallFunction(r->peer_check, "i", role);
+            if (res == NULL) {
+                result = -1;
+                goto out;
+            }
+            Py_DECREF(res);
+        }
+        if (ring_ready(r, role, need)) {
+            result = 1;
+            goto out;
+        }
+    }
+out:
+    m->busy--;
+    mapping_maybe_unmap(m);
+    return result;
+}
+
+/* ---- role guards --------------------------------------------------------------------------- */
+
+static int guard_enter(RingObject *r, int role) {
+    if (r->guard == NULL) return 0;
+    unsigned char *g = (unsigned char *)PyByteArray_AS_STRING(r->guard);
+    if (__atomic_exchange_n(&g[role], 1, __ATOMIC_ACQ_REL)) {
+        PyErr_Format(ErrRoleBusy,
+                     "buffer %R already has a %s in a call in this process; one writer and one reader at a time",
+                     r->name, role == ROLE_WRITER ? "writer" : "reader");
+        return -1;
+    }
+    return 0;
+}
+
+static void guard_exit(RingObject *r, int role) {
+    if (r->guard == NULL) return;
+    unsigned char *g = (unsigned char *)PyByteArray_AS_STRING(r->guard);
+    __atomic_store_n(&g[role], 0, __ATOMIC_RELEASE);
+}
+
+static int refuse_in_isr(RingObject *r, int64_t timeout_ns, const char *what) {
+    if (timeout_ns != 0 && in_isr_context) {
+        PyErr_Format(ErrInIsr, "%s on buffer %R would block inside an interrupt handler; use the try_ form", what,
+                     r->name);
+        return -1;
+    }
+    return 0;
+}
+
+static int64_t deadline_from(int64_t timeout_ns) { return timeout_ns < 0 ? -1 : now_ns() + timeout_ns; }
+
+static PyObject *raise_timeout(RingObject *r, const char *what) {
+    PyErr_Format(PyExc_TimeoutError, "timed out waiting to %s on buffer %R", what, r->name);
+    return NULL;
+}
+
+/* ---- Python methods ------------------------------------------------------------------------ */
+
+static int get_src(PyObject *data, Py_buffer *view) {
+    if (PyObject_GetBuffer(data, view, PyBUF_SIMPLE) < 0) return -1;
+    if (view->len > 0x7FFFFFFF) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_OverflowError, "data longer than 2 GiB");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *message_too_large(RingObject *r, Py_ssize_t n) {
+    PyErr_Format(ErrTooLarge,
+                 "a %zd-byte message needs %zd bytes (4-byte length prefix) but buffer %R holds at most %u",
+                 n, n + (Py_ssize_t)PREFIX_SIZE, r->name, r->length - 1);
+    return NULL;
+}
+
+/* send(data, timeout=None) -> None */
+static PyObject *message_send_impl(RingObject *r, PyObject *data, int64_t timeout_ns, int raise_on_full) {
+    if (ring_open(r) < 0) return NULL;
+    Py_buffer v;
+    if (get_src(data, &v) < 0) return NULL;
+    uint32_t n = (uint32_t)v.len;
+    PyObject *ret = NULL;
+    if (refuse_in_isr(r, timeout_ns, "send") < 0) {
+        PyBuffer_Release(&v);
+        return NULL;
+    }
+    if ((uint64_t)n + PREFIX_SIZE > (uint64_t)r->length - 1) {
+        message_too_large(r, v.len);
+        PyBuffer_Release(&v);
+        return NULL;
+    }
+    if (guard_enter(r, ROLE_WRITER) < 0) {
+        PyBuffer_Release(&v);
+        return NULL;
+    }
+    int64_t deadline = deadline_from(timeout_ns);
+    for (;;) {
+        int k = op_message_send(r, (const unsigned char *)v.buf, n);
+        if (k < 0) break;
+        if (k == 1) {
+            ret = raise_on_full ? Py_NewRef(Py_None) : Py_NewRef(Py_True);
+            break;
+        }
+        if (timeout_ns == 0) {
+            ret = raise_on_full ? raise_timeout(r, "send") : Py_NewRef(Py_False);
+            break;
+        }
+        int w = ring_wait(r, ROLE_WRITER, n + PREFIX_SIZE, deadline);
+        if (w < 0) break;
+        if (w == 0) {
+            /* one last attempt: the space may have come free as the deadline passed */
+            k = op_message_send(r, (const unsigned char *)v.buf, n);
+            if (k == 1) ret = Py_NewRef(Py_None);
+            else if (k == 0) raise_timeout(r, "send");
+            break;
+        }
+        if (ring_open(r) < 0) break;
+    }
+    guard_exit(r, ROLE_WRITER);
+    PyBuffer_Release(&v);
+    return ret;
+}
+
+static PyObject *ring_send(RingObject *r, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    static const char *const names[] = {"data", "timeout"};
+    PyObject *vals[2] = {NULL, Py_None};
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs < 1 || nargs > 2) goto usage;
+    vals[0] = args[0];
+    if (nargs == 2) vals[1] = args[1];
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+        if (PyUnicode_CompareWithASCIIString(k, names[1]) == 0 && nargs < 2)
+            vals[1] = args[nargs + i];
+        else
+            goto usage;
+    }
+    int64_t t;
+    if (parse_timeout(vals[1], &t) < 0) return NULL;
+    return message_send_impl(r, vals[0], t, 1);
+usage:
+    PyErr_SetString(PyExc_TypeError, "send(data, timeout=None)");
+    return NULL;
+}
+
+static PyObject *ring_try_send(RingObject *r, PyObject *data) { return message_send_impl(r, data, 0, 0); }
+
+/* Parse (timeout=None) or (buffer, timeout=None) vectorcall arguments. */
+static int parse_opt_timeout(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, Py_ssize_t npos,
+                             PyObject **pos, int64_t *t, const char *usage) {
+    PyObject *timeout = Py_None;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs < npos || nargs > npos + 1) goto bad;
+    for (Py_ssize_t i = 0; i < npos; i++) pos[i] = args[i];
+    if (nargs == npos + 1) timeout = args[npos];
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        if (PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, i), "timeout") == 0 && nargs == npos)
+            timeout = args[nargs + i];
+        else
+            goto bad;
+    }
+    return parse_timeout(timeout, t);
+bad:
+    PyErr_SetString(PyExc_TypeError, usage);
+    return -1;
+}
+
+static PyObject *message_receive_impl(RingObject *r, int64_t timeout_ns, int raise_on_empty, Py_buffer *into) {
+    if (ring_open(r) < 0 || refuse_in_isr(r, timeout_ns, "receive") < 0) return NULL;
+    if (guard_enter(r, ROLE_READER) < 0) return NULL;
+    int64_t deadline = deadline_from(timeout_ns);
+    PyObject *ret = NULL;
+    for (int last = 0;; ) {
+        PyObject *out = NULL;
+        uint32_t n = 0;
+        int k = into ? op_message_receive(r, (unsigned char *)into->buf, into->len, NULL, &n)
+                     : op_message_receive(r, NULL, 0, &out, &n);
+        if (k < 0) break;
+        if (k == 1) {
+            ret = into ? PyLong_FromUnsignedLong(n) : out;
+            break;
+        }
+        if (timeout_ns == 0 || last) {
+            ret = raise_on_empty ? raise_timeout(r, "receive") : Py_NewRef(Py_None);
+            break;
+        }
+        int w = ring_wait(r, ROLE_READER, 1, deadline);
+        if (w < 0) break;
+        if (w == 0) last = 1;
+        if (ring_open(r) < 0) break;
+    }
+    guard_exit(r, ROLE_READER);
+    return ret;
+}
+
+static PyObject *ring_receive(RingObject *r, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    int64_t t;
+    if (parse_opt_timeout(args, nargs, kwnames, 0, NULL, &t, "receive(timeout=None)") < 0) return NULL;
+    return message_receive_impl(r, t, 1, NULL);
+}
+
+static PyObject *ring_try_receive(RingObject *r, PyObject *unused) { return message_receive_impl(r, 0, 0, NULL); }
+
+static PyObject *ring_receive_into(RingObject *r, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    int64_t t;
+    PyObject *pos[1];
+    if (parse_opt_timeout(args, nargs, kwnames, 1, pos, &t, "receive_into(buffer, timeout=None)") < 0)
+        return NULL;
+    Py_buffer v;
+    if (PyObject_GetBuffer(pos[0], &v, PyBUF_WRITABLE) < 0) return NULL;
+    PyObject *ret = message_receive_impl(r, t, 1, &v);
+    PyBuffer_Release(&v);
+    return ret;
+}
+
+/* Stream write: writes what fits, waits for the rest until the timeout; returns the count. */
+static PyObject *stream_write_impl(RingObject *r, PyObject *data, int64_t timeout_ns) {
+    if (ring_open(r) < 0 || refuse_in_isr(r, timeout_ns, "write") < 0) return NULL;
+    Py_buffer v;
+    if (get_src(data, &v) < 0) return NULL;
+    if (guard_enter(r, ROLE_WRITER) < 0) {
+        PyBuffer_Release(&v);
+        return NULL;
+    }
+    int64_t deadline = deadline_from(timeout_ns);
+    uint32_t n = (uint32_t)v.len, total = 0;
+    int err = 0;
+    for (int last = 0;;) {
+        uint32_t w = 0;
+        if (op_stream_send(r, (const unsigned char *)v.buf + total, n - total, &w) < 0) {
+            err = 1;
+            break;
+        }
+        total += w;
+        if (total == n || timeout_ns == 0 || last) break;
+        int k = ring_wait(r, ROLE_WRITER, 1, deadline);
+        if (k < 0 || ring_open(r) < 0) {
+            err = 1;
+            break;
+        }
+        if (k == 0) last = 1;
+    }
+    guard_exit(r, ROLE_WRITER);
+    PyBuffer_Release(&v);
+    if (err) return NULL;
+    return PyLong_FromUnsignedLong(total);
+}
+
+static PyObject *ring_write(RingObject *r, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    int64_t t;
+    PyObject *pos[1];
+    if (parse_opt_timeout(args, nargs, kwnames, 1, pos, &t, "write(data, timeout=None)") < 0) return NULL;
+    return stream_write_impl(r, pos[0], t);
+}
+
+static PyObject *ring_try_write(RingObject *r, PyObject *data) { return stream_write_impl(r, data, 0); }
+
+/* Stream read: if the buffer is empty, wait until trigger_level bytes are there (or the timeout),
+ * then return what there is, up to max (as xStreamBufferReceive). */
+static PyObject *stream_read_impl(RingObject *r, unsigned char *dst, uint32_t max, int64_t timeout_ns, uint32_t *got) {
+    if (ring_open(r) < 0 || refuse_in_isr(r, timeout_ns, "read") < 0) return NULL;
+    if (guard_enter(r, ROLE_READER) < 0) return NULL;
+    int64_t deadline = deadline_from(timeout_ns);
+    int err = 0;
+    *got = 0;
+    if (max > 0) {
+        for (int last = 0;;) {
+            int k = op_stream_receive(r, dst, max, got);
+            if (k < 0) {
+                err = 1;
+                break;
+            }
+            if (k == 1 || timeout_ns == 0 || last) break;
+            uint32_t trigger = ld32_rlx(ring_hdr(r) + OFF_TRIGGER);
+            if (trigger == 0 || trigger >= r->length) trigger = 1;
+            int w = ring_wait(r, ROLE_READER, trigger, deadline);
+            if (w < 0 || ring_open(r) < 0) {
+                err = 1;
+                break;
+            }
+            if (w == 0) last = 1;
+        }
+    }
+    guard_exit(r, ROLE_READER);
+    return err ? NULL : Py_None;
+}
+
+static PyObject *ring_read(RingObject *r, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    int64_t t;
+    PyObject *pos[1];
+    if (parse_opt_timeout(args, nargs, kwnames, 1, pos, &t, "read(max_bytes, timeout=None)") < 0) return NULL;
+    Py_ssize_t max = PyLong_AsSsize_t(pos[0]);
+    if (max == -1 && PyErr_Occurred()) return NULL;
+    if (max < 0) {
+        PyErr_SetString(PyExc_ValueError, "max_bytes must be >= 0");
+        return NULL;
+    }
+    if (r->mapping != NULL && max > (Py_ssize_t)r->length) max = r->length;
+    PyObject *b = PyBytes_FromStringAndSize(NULL, max);
+    if (b == NULL) return NULL;
+    uint32_t got;
+    if (stream_read_impl(r, (unsigned char *)PyBytes_AS_STRING(b), (uint32_t)max, t, &got) == NULL) {
+        Py_DECREF(b);
+        return NULL;
+    }
+    if ((Py_ssize_t)got != max) _PyBytes_Resize(&b, got);
+    return b;
+}
+
+static PyObject *ring_try_read(RingObject *r, PyObject *arg) {
+    PyObject *zero = PyLong_FromLong(0);
+    if (zero == NULL) return NULL;
+    PyObject *args[2] = {arg, zero};
+    PyObject *res = ring_read(r, args, 2, NULL);
+    Py_DECREF(zero);
+    return res;
+}
+
+static PyObject *ring_read_into(RingObject *r, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    int64_t t;
+    PyObject *pos[1];
+    if (parse_opt_timeout(args, nargs, kwnames, 1, pos, &t, "read_into(buffer, timeout=None)") < 0) return NULL;
+    Py_buffer v;
+    if (PyObject_GetBuffer(pos[0], &v, PyBUF_WRITABLE) < 0) return NULL;
+    uint32_t max = v.len > 0x7FFFFFFF ? 0x7FFFFFFF : (uint32_t)v.len;
+    uint32_t got;
+    PyObject *ok = stream_read_impl(r, (unsigned char *)v.buf, max, t, &got);
+    PyBuffer_Release(&v);
+    if (ok == NULL) return NULL;
+    return PyLong_FromUnsignedLong(got);
+}
+
+/* The FromISR helpers: wake the recorded waiter, if any (xStreamBuffer{Send,Receive}CompletedFromISR). */
+static PyObject *ring_send_completed_from_isr(RingObject *r, PyObject *unused) {
+    if (ring_open(r) < 0) return NULL;
+    return PyBool_FromLong(ring_wake_if_waiting(r, OFF_RX_WAITING, OFF_HEAD, OFF_WAKES_BY_WRITER));
+}
+
+static PyObject *ring_receive_completed_from_isr(RingObject *r, PyObject *unused) {
+    if (ring_open(r) < 0) return NULL;
+    return PyBool_FromLong(ring_wake_if_waiting(r, OFF_TX_WAITING, OFF_TAIL, OFF_WAKES_BY_READER));
+}
+
+static PyObject *ring_reset(RingObject *r, PyObject *unused) {
+    if (ring_open(r) < 0) return NULL;
+    unsigned char *h = ring_hdr(r);
+    if (r->guard != NULL) {
+        unsigned char *g = (unsigned char *)PyByteArray_AS_STRING(r->guard);
+        if (__atomic_load_n(&g[0], __ATOMIC_ACQUIRE) || __atomic_load_n(&g[1], __ATOMIC_ACQUIRE)) Py_RETURN_FALSE;
+    }
+    if (ld32_acq(h + OFF_TX_WAITING) || ld32_acq(h + OFF_RX_WAITING)) Py_RETURN_FALSE;
+    st32_rel(h + OFF_TAIL, 0);
+    st32_rel(h + OFF_HEAD, 0);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *ring_state_value(RingObject *r, int which) {
+    if (ring_open(r) < 0) return NULL;
+    ring_state s;
+    if (ring_load(r, &s, ROLE_READER) < 0) return NULL;
+    switch (which) {
+    case 0: return PyLong_FromUnsignedLong(st_avail(&s));
+    case 1: return PyLong_FromUnsignedLong(st_spaces(&s));
+    case 2: return PyBool_FromLong(s.head == s.tail);
+    case 3: return PyBool_FromLong(st_spaces(&s) <= (r->is_message ? PREFIX_SIZE : 0));
+    default: {
+        uint32_t n;
+        int k = ring_peek_length(r, &s, &n);
+        if (k < 0) return NULL;
+        if (k == 0) Py_RETURN_NONE;
+        return PyLong_FromUnsignedLong(n);
+    }
+    }
+}
+
+static PyObject *ring_get_bytes_available(RingObject *r, void *c) { return ring_state_value(r, 0); }
+static PyObject *ring_get_spaces_available(RingObject *r, void *c) { return ring_state_value(r, 1); }
+static PyObject *ring_get_is_empty(RingObject *r, void *c) { return ring_state_value(r, 2); }
+static PyObject *ring_get_is_full(RingObject *r, void *c) { return ring_state_value(r, 3); }
+static PyObject *ring_get_next_length(RingObject *r, void *c) { return ring_state_value(r, 4); }
+
+static PyObject *ring_get_capacity(RingObject *r, void *c) {
+    if (r->mapping == NULL) return PyLong_FromLong(0);
+    return PyLong_FromUnsignedLong(r->length - 1);
+}
+
+static PyObject *ring_get_trigger(RingObject *r, void *c) {
+    if (ring_open(r) < 0) return NULL;
+    return PyLong_FromUnsignedLong(ld32_rlx(ring_hdr(r) + OFF_TRIGGER));
+}
+
+/* xStreamBufferSetTriggerLevel: 0 becomes 1; accepted only below xLength (main branch). */
+static int ring_set_trigger(RingObject *r, PyObject *value, void *c) {
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "trigger_level cannot be deleted");
+        return -1;
+    }
+    if (ring_open(r) < 0) return -1;
+    long long n = PyLong_AsLongLong(value);
+    if (n == -1 && PyErr_Occurred()) return -1;
+    if (n < 0) {
+        PyErr_SetString(PyExc_ValueError, "trigger_level must be >= 0");
+        return -1;
+    }
+    if (n == 0) n = 1;
+    if (n >= (long long)r->length) {
+        PyErr_Format(PyExc_ValueError, "trigger_level %lld is above the capacity %u", n, r->length - 1);
+        return -1;
+    }
+    st32_rel(ring_hdr(r) + OFF_TRIGGER, (uint32_t)n);
+    return 0;
+}
+
+static PyObject *ring_get_hook(RingObject *r, void *which) {
+    PyObject *h = which ? r->receive_hook : r->send_hook;
+    return Py_NewRef(h ? h : Py_None);
+}
+
+static int ring_set_hook(RingObject *r, PyObject *value, void *which) {
+    PyObject **slot = which ? &r->receive_hook : &r->send_hook;
+    if (value != NULL && value != Py_None && !PyCallable_Check(value)) {
+        PyErr_SetString(PyExc_TypeError, "a hook must be callable or None");
+        return -1;
+    }
+    PyObject *old = *slot;
+    *slot = (value == NULL || value == Py_None) ? NULL : Py_NewRef(value);
+    Py_XDECREF(old);
+    return 0;
+}
+
+static PyObject *ring_get_spin(RingObject *r, void *c) { return PyFloat_FromDouble((double)r->spin_ns / 1e9); }
+
+static int ring_set_spin(RingObject *r, PyObject *value, void *c) {
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "spin cannot be deleted");
+        return -1;
+    }
+    double s = PyFloat_AsDouble(value);
+    if (s == -1.0 && PyErr_Occurred()) return -1;
+    if (isnan(s) || s < 0 || s > 1.0) {
+        PyErr_SetString(PyExc_ValueError, "spin must be between 0 and 1 second");
+        return -1;
+    }
+    r->spin_ns = (long)(s * 1e9);
+    return 0;
+}
+
+static PyObject *ring_get_name(RingObject *r, void *c) { return Py_NewRef(r->name ? r->name : Py_None); }
+static PyObject *ring_get_offset(RingObject *r, void *c) { return PyLong_FromSsize_t(r->offset); }
+
+/* The shared counters, as a tuple (the Python layer wraps them in a frozen object). */
+static PyObject *ring_raw_statistics(RingObject *r, PyObject *unused) {
+    if (ring_open(r) < 0) return NULL;
+    unsigned char *h = ring_hdr(r);
+    return Py_BuildValue("(KKKKKKKKK)", (unsigned long long)ld64_rlx(h + OFF_MSGS_IN),
+                         (unsigned long long)ld64_rlx(h + OFF_BYTES_IN), (unsigned long long)ld64_rlx(h + OFF_MSGS_OUT),
+                         (unsigned long long)ld64_rlx(h + OFF_BYTES_OUT), (unsigned long long)ld64_rlx(h + OFF_PEAK),
+                         (unsigned long long)ld64_rlx(h + OFF_TX_BLOCKS), (unsigned long long)ld64_rlx(h + OFF_RX_BLOCKS),
+                         (unsigned long long)ld64_rlx(h + OFF_WAKES_BY_WRITER),
+                         (unsigned long long)ld64_rlx(h + OFF_WAKES_BY_READER));
+}
+
+static PyObject *ring_peer_identity(RingObject *r, PyObject *arg) {
+    long role = PyLong_AsLong(arg);
+    if (role == -1 && PyErr_Occurred()) return NULL;
+    if (ring_open(r) < 0) return NULL;
+    unsigned char *h = ring_hdr(r);
+    Py_ssize_t pid_off = role == ROLE_WRITER ? OFF_WRITER_PID : OFF_READER_PID;
+    Py_ssize_t start_off = role == ROLE_WRITER ? OFF_WRITER_START : OFF_READER_START;
+    uint32_t pid = __atomic_load_n((uint32_t *)(h + pid_off), __ATOMIC_ACQUIRE);
+    return Py_BuildValue("(kK)", (unsigned long)pid, (unsigned long long)ld64_rlx(h + start_off));
+}
+
+static int ring_init(RingObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"mapping", "offset", "name", "guard", NULL};
+    PyObject *mapping, *name, *guard = Py_None;
+    Py_ssize_t offset;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!nU|O", kwlist, &MappingType, &mapping, &offset, &name, &guard))
+        return -1;
+    if (self->mapping != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "buffer object is already initialised");
+        return -1;
+    }
+    if (guard != Py_None && (!PyByteArray_Check(guard) || PyByteArray_GET_SIZE(guard) != 2)) {
+        PyErr_SetString(PyExc_TypeError, "guard must be a bytearray of length 2");
+        return -1;
+    }
+    MappingObject *m = (MappingObject *)mapping;
+    if (mapping_check_open(m) < 0) return -1;
+    Py_XSETREF(self->name, Py_NewRef(name));
+    if (offset < 0 || offset % 64 != 0 || offset > m->size - RING_HEADER_SIZE) {
+        PyErr_Format(PyExc_ValueError, "offset %zd is not a valid buffer offset in a mapping of %zd bytes", offset,
+                     m->size);
+        return -1;
+    }
+    unsigned char *h = m->base + offset;
+    /* Validate the constant part of the header once; the indexes are checked on every call. */
+    uint32_t magic = ld32_acq(h + OFF_MAGIC);
+    uint32_t flags = ld32_rlx(h + OFF_FLAGS);
+    uint32_t length = ld32_rlx(h + OFF_LENGTH);
+    uint32_t data_off = ld32_rlx(h + OFF_DATA);
+    uint32_t prefix = ld32_rlx(h + OFF_PREFIX);
+    uint32_t total = ld32_rlx(h + OFF_TOTAL);
+    self->offset = offset;
+    if (magic != RING_MAGIC) {
+        raise_corrupt(self, "magic", magic, "is not a buffer header");
+        return -1;
+    }
+    if ((Py_ssize_t)total > m->size - offset || total < RING_HEADER_SIZE) {
+        raise_corrupt(self, "total size", total, "does not fit in the region");
+        return -1;
+    }
+    if (data_off < RING_HEADER_SIZE || data_off > total) {
+        raise_corrupt(self, "data offset", data_off, "is outside the object");
+        return -1;
+    }
+    if (length < 2 || length > total - data_off) {
+        raise_corrupt(self, "length", length, "does not fit in the object");
+        return -1;
+    }
+    if (flags & FLAG_MESSAGE) {
+        if (prefix != PREFIX_SIZE) {
+            raise_corrupt(self, "prefix size", prefix, "is not 4");
+            return -1;
+        }
+        if (length - 1 < PREFIX_SIZE) {
+            raise_corrupt(self, "length", length, "is too small for a message buffer");
+            return -1;
+        }
+    }
+    self->mapping = (MappingObject *)Py_NewRef(mapping);
+    self->length = length;
+    self->data_off = data_off;
+    self->is_message = (flags & FLAG_MESSAGE) != 0;
+    self->spin_ns = default_spin_ns;
+    if (guard != Py_None) self->guard = Py_NewRef(guard);
+    return 0;
+}
+
+static int ring_traverse(RingObject *self, visitproc visit, void *arg) {
+    Py_VISIT(self->mapping);
+    Py_VISIT(self->send_hook);
+    Py_VISIT(self->receive_hook);
+    Py_VISIT(self->peer_check);
+    return 0;
+}
+
+static int ring_clear(RingObject *self) {
+    Py_CLEAR(self->send_hook);
+    Py_CLEAR(self->receive_hook);
+    Py_CLEAR(self->peer_check);
+    return 0;
+}
+
+static void ring_dealloc(RingObject *self) {
+    PyObject_GC_UnTrack(self);
+    if (self->weakreflist != NULL) PyObject_ClearWeakRefs((PyObject *)self);
+    ring_clear(self);
+    Py_CLEAR(self->mapping);
+    Py_CLEAR(self->name);
+    Py_CLEAR(self->guard);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *ring_get_peer_check(RingObject *r, void *c) { return Py_NewRef(r->peer_check ? r->peer_check : Py_None); }
+
+static int ring_set_peer_check(RingObject *r, PyObject *value, void *c) {
+    if (value != NULL && value != Py_None && !PyCallable_Check(value)) {
+        PyErr_SetString(PyExc_TypeError, "peer_check must be callable or None");
+        return -1;
+    }
+    PyObject *old = r->peer_check;
+    r->peer_check = (value == NULL || value == Py_None) ? NULL : Py_NewRef(value);
+    Py_XDECREF(old);
+    return 0;
+}
+
+#define COMMON_METHODS                                                                                           \
+    {"reset", (PyCFunction)ring_reset, METH_NOARGS, "Empty the buffer; False (and no change) while a side is blocked."}, \
+    {"send_completed_from_isr", (PyCFunction)ring_send_completed_from_isr, METH_NOARGS,                          \
+     "Wake a reader blocked on this buffer, if any; True if one was (xStreamBufferSendCompletedFromISR)."},      \
+    {"receive_completed_from_isr", (PyCFunction)ring_receive_completed_from_isr, METH_NOARGS,                    \
+     "Wake a writer blocked on this buffer, if any; True if one was (xStreamBufferReceiveCompletedFromISR)."},   \
+    {"_raw_statistics", (PyCFunction)ring_raw_statistics, METH_NOARGS, "The shared counters as a tuple."},      \
+    {"_peer_identity", (PyCFunction)ring_peer_identity, METH_O, "(pid, start time) recorded for a role."}
+
+static PyMethodDef message_methods[] = {
+    {"send", (PyCFunction)(void (*)(void))ring_send, METH_FASTCALL | METH_KEYWORDS,
+     "send(data, timeout=None): block until the whole message fits, then write it."},
+    {"try_send", (PyCFunction)ring_try_send, METH_O, "try_send(data) -> bool: write the message if it fits now."},
+    {"receive", (PyCFunction)(void (*)(void))ring_receive, METH_FASTCALL | METH_KEYWORDS,
+     "receive(timeout=None) -> bytes: block until a message is there."},
+    {"try_receive", (PyCFunction)ring_try_receive, METH_NOARGS, "try_receive() -> bytes | None."},
+    {"receive_into", (PyCFunction)(void (*)(void))ring_receive_into, METH_FASTCALL | METH_KEYWORDS,
+     "receive_into(buffer, timeout=None) -> int: the message into a writable buffer."},
+    COMMON_METHODS,
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef stream_methods[] = {
+    {"write", (PyCFunction)(void (*)(void))ring_write, METH_FASTCALL | METH_KEYWORDS,
+     "write(data, timeout=None) -> int: write what fits, wait for the rest until the timeout."},
+    {"try_write", (PyCFunction)ring_try_write, METH_O, "try_write(data) -> int: write what fits now."},
+    {"read", (PyCFunction)(void (*)(void))ring_read, METH_FASTCALL | METH_KEYWORDS,
+     "read(max_bytes, timeout=None) -> bytes."},
+    {"try_read", (PyCFunction)ring_try_read, METH_O, "try_read(max_bytes) -> bytes: what is there now."},
+    {"read_into", (PyCFunction)(void (*)(void))ring_read_into, METH_FASTCALL | METH_KEYWORDS,
+     "read_into(buffer, timeout=None) -> int."},
+    COMMON_METHODS,
+    {NULL, NULL, 0, NULL},
+};
+
+#define COMMON_GETSET                                                                                             \
+    {"bytes_available", (getter)ring_get_bytes_available, NULL, "Bytes in the buffer (prefixes included).", NULL}, \
+    {"spaces_available", (getter)ring_get_spaces_available, NULL, "Free bytes.", NULL},                           \
+    {"is_empty", (getter)ring_get_is_empty, NULL, "True when nothing is in the buffer.", NULL},                   \
+    {"is_full", (getter)ring_get_is_full, NULL, "True when nothing more fits.", NULL},                            \
+    {"capacity", (getter)ring_get_capacity, NULL, "Bytes the buffer holds.", NULL},                               \
+    {"trigger_level", (getter)ring_get_trigger, (setter)ring_set_trigger, "FreeRTOS trigger level.", NULL},       \
+    {"on_send_completed", (getter)ring_get_hook, (setter)ring_set_hook, "sbSEND_COMPLETED hook or None.", NULL},  \
+    {"on_receive_completed", (getter)ring_get_hook, (setter)ring_set_hook, "sbRECEIVE_COMPLETED hook or None.",   \
+     (void *)1},                                                                                                  \
+    {"spin", (getter)ring_get_spin, (setter)ring_set_spin, "Seconds to spin before sleeping on the futex.", NULL}, \
+    {"_peer_check", (getter)ring_get_peer_check, (setter)ring_set_peer_check, "Liveness callback.", NULL},        \
+    {"name", (getter)ring_get_name, NULL, "The object's name.", NULL},                                            \
+    {"offset", (getter)ring_get_offset, NULL, "The header's offset in the region.", NULL}
+
+static PyGetSetDef message_getset[] = {
+    COMMON_GETSET,
+    {"next_length", (getter)ring_get_next_length, NULL, "Length of the next message, None when empty.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyGetSetDef stream_getset[] = {
+    COMMON_GETSET,
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static int message_init(RingObject *self, PyObject *args, PyObject *kwds) {
+    if (ring_init(self, args, kwds) < 0) return -1;
+    if (!self->is_message) {
+        Py_CLEAR(self->mapping);
+        raise_corrupt(self, "flags", 0, "say stream buffer, not message buffer");
+        return -1;
+    }
+    return 0;
+}
+
+static int stream_init(RingObject *self, PyObject *args, PyObject *kwds) {
+    if (ring_init(self, args, kwds) < 0) return -1;
+    if (self->is_message) {
+        Py_CLEAR(self->mapping);
+        raise_corrupt(self, "flags", 1, "say message buffer, not stream buffer");
+        return -1;
+    }
+    return 0;
+}
+
+static PyTypeObject MessageRingType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ampipc._native.MessageRing",
+    .tp_basicsize = sizeof(RingObject),
+    .tp_dealloc = (destructor)ring_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "MessageRing(mapping, offset, name, guard=None): the FreeRTOS message-buffer fast path.",
+    .tp_traverse = (traverseproc)ring_traverse,
+    .tp_clear = (inquiry)ring_clear,
+    .tp_weaklistoffset = offsetof(RingObject, weakreflist),
+    .tp_methods = message_methods,
+    .tp_getset = message_getset,
+    .tp_init = (initproc)message_init,
+    .tp_new = PyType_GenericNew,
+};
+
+static PyTypeObject StreamRingType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ampipc._native.StreamRing",
+    .tp_basicsize = sizeof(RingObject),
+    .tp_dealloc = (destructor)ring_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "StreamRing(mapping, offset, name, guard=None): the FreeRTOS stream-buffer fast path.",
+    .tp_traverse = (traverseproc)ring_traverse,
+    .tp_clear = (inquiry)ring_clear,
+    .tp_weaklistoffset = offsetof(RingObject, weakreflist),
+    .tp_methods = stream_methods,
+    .tp_getset = stream_getset,
+    .tp_init = (initproc)stream_init,
+    .tp_new = PyType_GenericNew,
+};
+
+/* ---- module functions ---------------------------------------------------------------------- */
+
+static PyObject *mod_shm_open(PyObject *m, PyObject *args) {
+    const char *name;
+    int flags;
+    unsigned int mode = 0600;
+    if (!PyArg_ParseTuple(args, "si|I", &name, &flags, &mode)) return NULL;
+    int fd;
+    Py_BEGIN_ALLOW_THREADS
+    fd = shm_open(name, flags | O_CLOEXEC, (mode_t)mode);
+    Py_END_ALLOW_THREADS
+    if (fd < 0) return PyErr_SetFromErrnoWithFilename(PyExc_OSError, name);
+    return PyLong_FromLong(fd);
+}
+
+static PyObject *mod_shm_unlink(PyObject *m, PyObject *arg) {
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (name == NULL) return NULL;
+    if (shm_unlink(name) < 0) return PyErr_SetFromErrnoWithFilename(PyExc_OSError, name);
+    Py_RETURN_NONE;
+}
+
+static PyObject *mod_set_process_identity(PyObject *m, PyObject *args) {
+    unsigned long pid;
+    unsigned long long start;
+    if (!PyArg_ParseTuple(args, "kK", &pid, &start)) return NULL;
+    process_pid = (uint32_t)pid;
+    process_start = (uint64_t)start;
+    Py_RETURN_NONE;
+}
+
+static PyObject *mod_set_errors(PyObject *m, PyObject *args) {
+    PyObject *a, *b, *c, *d, *e, *f;
+    if (!PyArg_ParseTuple(args, "OOOOOO", &a, &b, &c, &d, &e, &f)) return NULL;
+    Py_XSETREF(ErrInIsr, Py_NewRef(f));
+    Py_XSETREF(ErrCorrupt, Py_NewRef(a));
+    Py_XSETREF(ErrTooLarge, Py_NewRef(b));
+    Py_XSETREF(ErrTooSmall, Py_NewRef(c));
+    Py_XSETREF(ErrClosed, Py_NewRef(d));
+    Py_XSETREF(ErrRoleBusy, Py_NewRef(e));
+    Py_RETURN_NONE;
+}
+
+static PyObject *mod_get_default_spin(PyObject *m, PyObject *unused) {
+    return PyFloat_FromDouble((double)default_spin_ns / 1e9);
+}
+
+static PyObject *mod_set_default_spin(PyObject *m, PyObject *arg) {
+    double s = PyFloat_AsDouble(arg);
+    if (s == -1.0 && PyErr_Occurred()) return NULL;
+    if (isnan(s) || s < 0 || s > 1.0) {
+        PyErr_SetString(PyExc_ValueError, "spin must be between 0 and 1 second");
+        return NULL;
+    }
+    default_spin_ns = (long)(s * 1e9);
+    Py_RETURN_NONE;
+}
+
+static PyObject *mod_set_isr_context(PyObject *m, PyObject *arg) {
+    int flag = PyObject_IsTrue(arg);
+    if (flag < 0) return NULL;
+    int previous = in_isr_context;
+    in_isr_context = flag;
+    return PyBool_FromLong(previous);
+}
+
+static PyObject *mod_in_isr(PyObject *m, PyObject *unused) { return PyBool_FromLong(in_isr_context); }
+
+static PyMethodDef module_methods[] = {
+    {"set_isr_context", mod_set_isr_context, METH_O,
+     "set_isr_context(flag) -> previous: mark this thread as running an interrupt handler."},
+    {"in_isr", mod_in_isr, METH_NOARGS, "True while this thread runs an interrupt handler."},
+    {"shm_open", mod_shm_open, METH_VARARGS, "shm_open(name, flags, mode=0o600) -> fd"},
+    {"shm_unlink", mod_shm_unlink, METH_O, "shm_unlink(name)"},
+    {"set_process_identity", mod_set_process_identity, METH_VARARGS,
+     "set_process_identity(pid, start_time): the token buffers record for their writer and reader."},
+    {"_set_errors", mod_set_errors, METH_VARARGS, "Install the exception classes the core raises."},
+    {"get_default_spin", mod_get_default_spin, METH_NOARGS, "Seconds new buffers spin before sleeping."},
+    {"set_default_spin", mod_set_default_spin, METH_O, "Set the spin of buffers made from now on."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef native_module = {
+    PyModuleDef_HEAD_INIT, "ampipc._native", "The ampipc C core.", -1, module_methods,
+};
+
+PyMODINIT_FUNC PyInit__native(void) {
+    if (PyType_Ready(&MappingType) < 0 || PyType_Ready(&MessageRingType) < 0 || PyType_Ready(&StreamRingType) < 0)
+        return NULL;
+    ErrCorrupt = Py_NewRef(PyExc_RuntimeError);
+    ErrTooLarge = Py_NewRef(PyExc_ValueError);
+    ErrTooSmall = Py_NewRef(PyExc_ValueError);
+    ErrClosed = Py_NewRef(PyExc_ValueError);
+    ErrRoleBusy = Py_NewRef(PyExc_RuntimeError);
+    ErrInIsr = Py_NewRef(PyExc_RuntimeError);
+    PyObject *m = PyModule_Create(&native_module);
+    if (m == NULL) return NULL;
+    if (PyModule_AddObjectRef(m, "Mapping", (PyObject *)&MappingType) < 0 ||
+        PyModule_AddObjectRef(m, "MessageRing", (PyObject *)&MessageRingType) < 0 ||
+        PyModule_AddObjectRef(m, "StreamRing", (PyObject *)&StreamRingType) < 0 ||
+        PyModule_AddIntConstant(m, "RING_HEADER_SIZE", RING_HEADER_SIZE) < 0 ||
+        PyModule_AddIntConstant(m, "RING_MAGIC", (long)RING_MAGIC) < 0 ||
+        PyModule_AddIntConstant(m, "PREFIX_SIZE", PREFIX_SIZE) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,198 @@
+"""StreamBuffer and MessageBuffer: FreeRTOS stream and message buffers in a Region.
+
+Theory of operation
+-------------------
+The ring and its fast path are in the C core (`_native.StreamRing` / `_native.MessageRing`); these
+classes add creation, attachment, statistics and the liveness check. Semantics follow FreeRTOS
+`stream_buffer.c` (main branch) with the *dynamic creation* convention: ``size`` is the capacity
+(xLength = size + 1, one byte always kept free) and each message carries a 4-byte little-endian
+length prefix, so a 10-byte message takes 14 bytes.
+
+Single writer, single reader. The writer alone moves ``head``, the reader alone moves ``tail``;
+each copies first and publishes its index once, so a message is received whole or not at all,
+even if the writer dies mid-write. Within one process a second concurrent writer (or reader)
+gets `RoleBusy`; across processes the application must keep to one writer and one reader at a
+time (the role may pass between threads or processes that take turns).
+
+ampipc extensions to FreeRTOS, all documented on the methods: zero-length messages are allowed
+(they take 4 bytes; `next_length` is None, not 0, when the buffer is empty); a receive hook fires
+for every consumed message, zero-length ones included, so a writer waiting for space always wakes;
+timeouts raise `TimeoutError`; a blocked side notices a dead peer (`PeerDied`).
+
+Hooks: `on_send_completed` and `on_receive_completed` are the `sbSEND_COMPLETED` and
+`sbRECEIVE_COMPLETED` points, called with the buffer as argument. With no hook (None) the core
+wakes a blocked peer directly through a futex, without a system call when nobody waits. A hook
+replaces that default, as an overriding FreeRTOS macro does: the notification strategy must then
+arrange for the other side to call `send_completed_from_isr()` / `receive_completed_from_isr()`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TypeVar
+
+from . import _layout as L
+from . import _native
+from .errors import PeerDied
+from .liveness import current_token, is_alive
+from .region import Region
+
+__all__ = ["MessageBuffer", "StreamBuffer", "BufferStatistics"]
+
+_ROLE_NAMES = ("writer", "reader")
+
+
+@dataclass(frozen=True)
+class BufferStatistics:
+    """A snapshot of a buffer's shared counters (both sides' view is the same)."""
+
+    messages_sent: int
+    bytes_sent: int
+    messages_received: int
+    bytes_received: int
+    peak_fill: int
+    send_waits: int
+    receive_waits: int
+    reader_wakeups: int
+    writer_wakeups: int
+
+
+# One pair of in-process role flags per shared buffer, whatever number of Python objects attach it.
+_guards: dict[tuple[str, int, int], bytearray] = {}
+
+
+def _guard_for(region: Region, offset: int) -> bytearray:
+    key = (region.name, offset, os.getpid())
+    guard = _guards.get(key)
+    if guard is None:
+        guard = _guards[key] = bytearray(2)
+    return guard
+
+
+def _ring_bytes(capacity: int) -> int:
+    return L.RING_HEADER_SIZE + L.align_up(capacity + 1)
+
+
+def _init_header(region: Region, offset: int, capacity: int, *, message: bool, trigger: int) -> None:
+    total = _ring_bytes(capacity)
+    L.RING_CONSTANTS.pack_into(
+        region.view,
+        offset,
+        0,  # magic last
+        L.RING_FLAG_MESSAGE if message else 0,
+        capacity + 1,
+        L.RING_HEADER_SIZE,
+        trigger,
+        L.PREFIX_SIZE,
+        total,
+    )
+    region.mapping.store_u32(offset, L.RING_MAGIC)
+
+
+_B = TypeVar("_B", bound="_BufferMixin")
+
+
+class _BufferMixin:
+    _kind: str
+    region: Region
+
+    def _setup(self, region: Region) -> None:
+        self.region = region
+        self._peer_check = self._check_peer  # type: ignore[attr-defined]
+
+    def _check_peer(self, waiting_role: int) -> None:
+        """Called by the core after a wait slice runs out: raise `PeerDied` if the other side is gone."""
+        peer_role = 1 - waiting_role
+        pid, start = self._peer_identity(peer_role)  # type: ignore[attr-defined]
+        me = current_token()
+        if pid:
+            if (pid, start) != me and not is_alive(pid, start):
+                raise PeerDied(
+                    f"the {_ROLE_NAMES[peer_role]} of buffer {self.name!r} (pid {pid}) has died",  # type: ignore[attr-defined]
+                    pid=pid,
+                )
+            return
+        # No peer recorded yet: the peer is whoever else is attached to the region.
+        others = [p for p in self.region.processes() if p.pid != me[0]]
+        if others and not any(p.alive for p in others):
+            raise PeerDied(
+                f"every other process attached to region {self.region.name!r} has died; "
+                f"buffer {self.name!r} has no {_ROLE_NAMES[peer_role]}",  # type: ignore[attr-defined]
+                pid=others[0].pid,
+            )
+
+    def statistics(self) -> BufferStatistics:
+        """The shared counters: messages and bytes in and out, peak fill, blocked waits, wake-ups."""
+        return BufferStatistics(*self._raw_statistics())  # type: ignore[attr-defined]
+
+    @classmethod
+    def _attach(cls: type[_B], region: Region, name: str) -> _B:
+        entry = region.lookup(name, cls._kind)
+        obj = cls(region.mapping, entry.offset, name, _guard_for(region, entry.offset))  # type: ignore[call-arg]
+        obj._setup(region)
+        return obj
+
+    def __repr__(self) -> str:
+        try:
+            state = f"{self.bytes_available}/{self.capacity} bytes"  # type: ignore[attr-defined]
+        except Exception as e:  # closed region, corrupt header
+            state = type(e).__name__
+        return f"<{type(self).__name__} {self.name!r} {state}>"  # type: ignore[attr-defined]
+
+
+class MessageBuffer(_BufferMixin, _native.MessageRing):
+    """A FreeRTOS message buffer in shared memory: whole messages, each with a 4-byte length prefix.
+
+    ``send(data, timeout=None)`` blocks until the whole message fits; ``TimeoutError`` at the
+    timeout; `MessageTooLarge` at once if it can never fit (len + 4 > capacity). ``try_send``
+    returns False instead of waiting. ``receive(timeout=None)`` returns the next message;
+    ``try_receive()`` returns None when empty; ``receive_into(buffer, timeout=None)`` copies it into
+    a writable buffer and returns its length, raising `BufferTooSmall` (message left in place) when
+    the buffer is too small. Zero-length messages are allowed (an ampipc extension).
+    """
+
+    _kind = L.KIND_MESSAGE_BUFFER
+
+    @classmethod
+    def create(cls, region: Region, name: str, size: int) -> MessageBuffer:
+        """Create a message buffer that holds `size` bytes, length prefixes included."""
+        if not isinstance(size, int) or size <= L.PREFIX_SIZE or size >= 1 << 31:
+            raise ValueError(f"a message buffer's size must be between {L.PREFIX_SIZE + 1} and 2**31 - 1, not {size!r}")
+        offset = region.allocate(name, cls._kind, _ring_bytes(size))
+        _init_header(region, offset, size, message=True, trigger=1)
+        return cls._attach(region, name)
+
+    @classmethod
+    def attach(cls, region: Region, name: str) -> MessageBuffer:
+        """Attach to the message buffer `name` of `region` (`ObjectNotFound` if there is none)."""
+        return cls._attach(region, name)
+
+
+class StreamBuffer(_BufferMixin, _native.StreamRing):
+    """A FreeRTOS stream buffer in shared memory: a byte stream with a trigger level.
+
+    ``write(data, timeout=None)`` writes what fits, waits for room for the rest until the timeout,
+    and returns the count written (as xStreamBufferSend; data longer than the capacity is written
+    in pieces as the reader makes room). ``read(max_bytes, timeout=None)`` returns what is there at
+    once if anything is; on an empty buffer it waits until `trigger_level` bytes are there or the
+    timeout, then returns what there is (possibly b""). ``try_write`` and ``try_read`` never wait.
+    """
+
+    _kind = L.KIND_STREAM_BUFFER
+
+    @classmethod
+    def create(cls, region: Region, name: str, size: int, *, trigger_level: int = 1) -> StreamBuffer:
+        """Create a stream buffer of capacity `size`; `trigger_level` 0 becomes 1, above `size` is an error."""
+        if not isinstance(size, int) or size <= 0 or size >= 1 << 31:
+            raise ValueError(f"a stream buffer's size must be between 1 and 2**31 - 1, not {size!r}")
+        if trigger_level < 0 or trigger_level > size:
+            raise ValueError(f"trigger_level must be between 0 and the size {size}, not {trigger_level}")
+        offset = region.allocate(name, cls._kind, _ring_bytes(size))
+        _init_header(region, offset, size, message=False, trigger=max(trigger_level, 1))
+        return cls._attach(region, name)
+
+    @classmethod
+    def attach(cls, region: Region, name: str) -> StreamBuffer:
+        """Attach to the stream buffer `name` of `region` (`ObjectNotFound` if there is none)."""
+        return cls._attach(region, name)

@@ -1,0 +1,115 @@
+"""The exception tree: one root, `IpcError`; each subclass says what happened.
+
+Timeouts raise the built-in `TimeoutError`. Several classes also derive from the built-in
+exception a Python user would expect to catch (`FileExistsError`, `ValueError`, ...).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "IpcError",
+    "RegionExists",
+    "RegionNotFound",
+    "IncompatibleRegion",
+    "RegionClosed",
+    "RegionFull",
+    "ObjectNotFound",
+    "ObjectExists",
+    "CorruptRegion",
+    "MessageTooLarge",
+    "BufferTooSmall",
+    "PeerDied",
+    "RoleBusy",
+    "BlockingInIsr",
+    "ResourceExhausted",
+    "ProtocolError",
+    "NoBuffer",
+]
+
+
+class IpcError(Exception):
+    """Root of every ampipc error."""
+
+
+class RegionExists(IpcError, FileExistsError):
+    """A region of that name exists already (live, or stale without ``replace_stale=True``)."""
+
+
+class RegionNotFound(IpcError, FileNotFoundError):
+    """No region of that name exists."""
+
+
+class IncompatibleRegion(IpcError):
+    """The segment is not an ampipc region, or it has another layout version."""
+
+
+class RegionClosed(IpcError):
+    """The region (or the object in it) was used after `Region.close()`."""
+
+
+class RegionFull(IpcError):
+    """No room is left in the region for the object or directory entry asked for."""
+
+
+class ObjectNotFound(IpcError, LookupError):
+    """No object of that name (and kind) is in the region's directory."""
+
+
+class ObjectExists(IpcError):
+    """An object of that name is in the region's directory already."""
+
+
+class CorruptRegion(IpcError):
+    """A value read from shared memory is out of range: the region is corrupt or hostile.
+
+    ``object`` names the object, ``field`` the field, ``value`` the offending value.
+    """
+
+    def __init__(self, message: str, *, object: str = "", field: str = "", value: int | None = None) -> None:
+        super().__init__(message)
+        self.object = object
+        self.field = field
+        self.value = value
+
+
+class MessageTooLarge(IpcError, ValueError):
+    """The message can never fit in the buffer, however long one waits."""
+
+
+class BufferTooSmall(IpcError):
+    """The receive buffer is smaller than the next message; the message stays in place.
+
+    ``needed`` is the length of the waiting message.
+    """
+
+    def __init__(self, message: str, *, needed: int = 0) -> None:
+        super().__init__(message)
+        self.needed = needed
+
+
+class PeerDied(IpcError):
+    """The process on the other side of a blocked wait has died. ``pid`` is its process id."""
+
+    def __init__(self, message: str, *, pid: int = 0) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
+class RoleBusy(IpcError):
+    """A second writer (or reader) in this process used a buffer while the first was still in a call."""
+
+
+class BlockingInIsr(IpcError):
+    """A blocking call was made from an interrupt handler (ISR context), where nothing may block."""
+
+
+class ResourceExhausted(IpcError):
+    """A fixed pool (hardware semaphores, channels, endpoints, addresses) has no free entry left."""
+
+
+class ProtocolError(IpcError):
+    """The peer broke the wire protocol (a bad descriptor, length, index or record)."""
+
+
+class NoBuffer(IpcError, TimeoutError):
+    """No transmit buffer came free within the timeout (OpenAMP's RPMSG_ERR_NO_BUFF)."""
