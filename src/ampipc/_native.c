@@ -1408,6 +1408,11 @@ static int ring_set_peer_check(RingObject *r, PyObject *value, void *c) {
     {"_raw_statistics", (PyCFunction)ring_raw_statistics, METH_NOARGS, "The shared counters as a tuple."},      \
     {"_peer_identity", (PyCFunction)ring_peer_identity, METH_O, "(pid, start time) recorded for a role."}
 
+static PyMethodDef ring_methods[] = {
+    COMMON_METHODS,
+    {NULL, NULL, 0, NULL},
+};
+
 static PyMethodDef message_methods[] = {
     {"send", (PyCFunction)(void (*)(void))ring_send, METH_FASTCALL | METH_KEYWORDS,
      "send(data, timeout=None): block until the whole message fits, then write it."},
@@ -1417,7 +1422,6 @@ static PyMethodDef message_methods[] = {
     {"try_receive", (PyCFunction)ring_try_receive, METH_NOARGS, "try_receive() -> bytes | None."},
     {"receive_into", (PyCFunction)(void (*)(void))ring_receive_into, METH_FASTCALL | METH_KEYWORDS,
      "receive_into(buffer, timeout=None) -> int: the message into a writable buffer."},
-    COMMON_METHODS,
     {NULL, NULL, 0, NULL},
 };
 
@@ -1430,7 +1434,6 @@ static PyMethodDef stream_methods[] = {
     {"try_read", (PyCFunction)ring_try_read, METH_O, "try_read(max_bytes) -> bytes: what is there now."},
     {"read_into", (PyCFunction)(void (*)(void))ring_read_into, METH_FASTCALL | METH_KEYWORDS,
      "read_into(buffer, timeout=None) -> int."},
-    COMMON_METHODS,
     {NULL, NULL, 0, NULL},
 };
 
@@ -1449,14 +1452,17 @@ static PyMethodDef stream_methods[] = {
     {"name", (getter)ring_get_name, NULL, "The object's name.", NULL},                                            \
     {"offset", (getter)ring_get_offset, NULL, "The header's offset in the region.", NULL}
 
-static PyGetSetDef message_getset[] = {
+static PyGetSetDef ring_getset[] = {
     COMMON_GETSET,
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyGetSetDef message_getset[] = {
     {"next_length", (getter)ring_get_next_length, NULL, "Length of the next message, None when empty.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyGetSetDef stream_getset[] = {
-    COMMON_GETSET,
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1480,6 +1486,27 @@ static int stream_init(RingObject *self, PyObject *args, PyObject *kwds) {
     return 0;
 }
 
+static int ring_abstract_init(RingObject *self, PyObject *args, PyObject *kwds) {
+    PyErr_SetString(PyExc_TypeError, "Ring is abstract: use MessageRing or StreamRing");
+    return -1;
+}
+
+static PyTypeObject RingType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ampipc._native.Ring",
+    .tp_basicsize = sizeof(RingObject),
+    .tp_dealloc = (destructor)ring_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The part of a FreeRTOS ring common to message and stream buffers (not instantiable).",
+    .tp_traverse = (traverseproc)ring_traverse,
+    .tp_clear = (inquiry)ring_clear,
+    .tp_weaklistoffset = offsetof(RingObject, weakreflist),
+    .tp_methods = ring_methods,
+    .tp_getset = ring_getset,
+    .tp_init = (initproc)ring_abstract_init,
+    .tp_new = PyType_GenericNew,
+};
+
 static PyTypeObject MessageRingType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "ampipc._native.MessageRing",
@@ -1490,6 +1517,7 @@ static PyTypeObject MessageRingType = {
     .tp_traverse = (traverseproc)ring_traverse,
     .tp_clear = (inquiry)ring_clear,
     .tp_weaklistoffset = offsetof(RingObject, weakreflist),
+    .tp_base = &RingType,
     .tp_methods = message_methods,
     .tp_getset = message_getset,
     .tp_init = (initproc)message_init,
@@ -1506,6 +1534,7 @@ static PyTypeObject StreamRingType = {
     .tp_traverse = (traverseproc)ring_traverse,
     .tp_clear = (inquiry)ring_clear,
     .tp_weaklistoffset = offsetof(RingObject, weakreflist),
+    .tp_base = &RingType,
     .tp_methods = stream_methods,
     .tp_getset = stream_getset,
     .tp_init = (initproc)stream_init,
@@ -1599,7 +1628,7 @@ static struct PyModuleDef native_module = {
 };
 
 PyMODINIT_FUNC PyInit__native(void) {
-    if (PyType_Ready(&MappingType) < 0 || PyType_Ready(&MessageRingType) < 0 || PyType_Ready(&StreamRingType) < 0)
+    if (PyType_Ready(&MappingType) < 0 || PyType_Ready(&RingType) < 0 || PyType_Ready(&MessageRingType) < 0 || PyType_Ready(&StreamRingType) < 0)
         return NULL;
     ErrCorrupt = Py_NewRef(PyExc_RuntimeError);
     ErrTooLarge = Py_NewRef(PyExc_ValueError);
@@ -1610,6 +1639,7 @@ PyMODINIT_FUNC PyInit__native(void) {
     PyObject *m = PyModule_Create(&native_module);
     if (m == NULL) return NULL;
     if (PyModule_AddObjectRef(m, "Mapping", (PyObject *)&MappingType) < 0 ||
+        PyModule_AddObjectRef(m, "Ring", (PyObject *)&RingType) < 0 ||
         PyModule_AddObjectRef(m, "MessageRing", (PyObject *)&MessageRingType) < 0 ||
         PyModule_AddObjectRef(m, "StreamRing", (PyObject *)&StreamRingType) < 0 ||
         PyModule_AddIntConstant(m, "RING_HEADER_SIZE", RING_HEADER_SIZE) < 0 ||

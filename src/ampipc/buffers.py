@@ -90,26 +90,28 @@ def _init_header(region: Region, offset: int, capacity: int, *, message: bool, t
     region.mapping.store_u32(offset, L.RING_MAGIC)
 
 
-_B = TypeVar("_B", bound="_BufferMixin")
+_B = TypeVar("_B", bound="_BufferBase")
 
 
-class _BufferMixin:
+class _BufferBase(_native.Ring):
+    """Creation, attachment, statistics and the liveness check, shared by both buffer kinds."""
+
     _kind: str
     region: Region
 
     def _setup(self, region: Region) -> None:
         self.region = region
-        self._peer_check = self._check_peer  # type: ignore[attr-defined]
+        self._peer_check = self._check_peer
 
     def _check_peer(self, waiting_role: int) -> None:
         """Called by the core after a wait slice runs out: raise `PeerDied` if the other side is gone."""
         peer_role = 1 - waiting_role
-        pid, start = self._peer_identity(peer_role)  # type: ignore[attr-defined]
+        pid, start = self._peer_identity(peer_role)
         me = current_token()
         if pid:
             if (pid, start) != me and not is_alive(pid, start):
                 raise PeerDied(
-                    f"the {_ROLE_NAMES[peer_role]} of buffer {self.name!r} (pid {pid}) has died",  # type: ignore[attr-defined]
+                    f"the {_ROLE_NAMES[peer_role]} of buffer {self.name!r} (pid {pid}) has died",
                     pid=pid,
                 )
             return
@@ -118,30 +120,30 @@ class _BufferMixin:
         if others and not any(p.alive for p in others):
             raise PeerDied(
                 f"every other process attached to region {self.region.name!r} has died; "
-                f"buffer {self.name!r} has no {_ROLE_NAMES[peer_role]}",  # type: ignore[attr-defined]
+                f"buffer {self.name!r} has no {_ROLE_NAMES[peer_role]}",
                 pid=others[0].pid,
             )
 
     def statistics(self) -> BufferStatistics:
         """The shared counters: messages and bytes in and out, peak fill, blocked waits, wake-ups."""
-        return BufferStatistics(*self._raw_statistics())  # type: ignore[attr-defined]
+        return BufferStatistics(*self._raw_statistics())
 
     @classmethod
     def _attach(cls: type[_B], region: Region, name: str) -> _B:
         entry = region.lookup(name, cls._kind)
-        obj = cls(region.mapping, entry.offset, name, _guard_for(region, entry.offset))  # type: ignore[call-arg]
+        obj = cls(region.mapping, entry.offset, name, _guard_for(region, entry.offset))
         obj._setup(region)
         return obj
 
     def __repr__(self) -> str:
         try:
-            state = f"{self.bytes_available}/{self.capacity} bytes"  # type: ignore[attr-defined]
+            state = f"{self.bytes_available}/{self.capacity} bytes"
         except Exception as e:  # closed region, corrupt header
             state = type(e).__name__
-        return f"<{type(self).__name__} {self.name!r} {state}>"  # type: ignore[attr-defined]
+        return f"<{type(self).__name__} {self.name!r} {state}>"
 
 
-class MessageBuffer(_BufferMixin, _native.MessageRing):
+class MessageBuffer(_BufferBase, _native.MessageRing):
     """A FreeRTOS message buffer in shared memory: whole messages, each with a 4-byte length prefix.
 
     ``send(data, timeout=None)`` blocks until the whole message fits; ``TimeoutError`` at the
@@ -169,7 +171,7 @@ class MessageBuffer(_BufferMixin, _native.MessageRing):
         return cls._attach(region, name)
 
 
-class StreamBuffer(_BufferMixin, _native.StreamRing):
+class StreamBuffer(_BufferBase, _native.StreamRing):
     """A FreeRTOS stream buffer in shared memory: a byte stream with a trigger level.
 
     ``write(data, timeout=None)`` writes what fits, waits for room for the rest until the timeout,
