@@ -569,7 +569,11 @@ static inline uint32_t ring_advance(RingObject *r, uint32_t at, uint32_t n) {
 static int ring_wake_if_waiting(RingObject *r, Py_ssize_t flag_off, Py_ssize_t word_off, Py_ssize_t stat_off) {
     unsigned char *h = ring_hdr(r);
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    /* Load first: on the fast path nobody waits and the peer's cache line is not written. The
+     * notifier clears the flag (as FreeRTOS clears xTaskWaitingToReceive), so one sleep costs
+     * one wake system call however many sends follow before the sleeper runs. */
     if (ld32_rlx(h + flag_off) == 0) return 0;
+    if (__atomic_exchange_n((uint32_t *)(h + flag_off), 0, __ATOMIC_SEQ_CST) == 0) return 0;
     sys_futex(h + word_off, FUTEX_WAKE, INT_MAX, NULL);
     bump64(h + stat_off, 1);
     return 1;
