@@ -29,7 +29,9 @@ from .errors import (
     ResourceExhausted,
     RoleBusy,
 )
+from .ipc import ChannelStatistics, Ipc
 from .liveness import current_token as _current_token
+from .notify import STRATEGIES, StrategyOptions
 from .region import ObjectEntry, ProcessEntry, Region
 
 __version__ = "0.1.0"
@@ -42,6 +44,10 @@ __all__ = [
     "MessageBuffer",
     "StreamBuffer",
     "BufferStatistics",
+    "Ipc",
+    "ChannelStatistics",
+    "StrategyOptions",
+    "STRATEGIES",
     "get_default_spin",
     "set_default_spin",
     "IpcError",
