@@ -36,10 +36,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_openamp_echo(args: argparse.Namespace) -> int:
     echo = importlib.import_module("ampipc.rpmsg.echo")
     options: dict[str, Any] = {}
-    for key in ("shm_name", "shm_size", "socket", "channel"):
+    for key, option in (("shm_name", "shm_name"), ("shm_size", "shm_size"), ("socket", "socket_path"),
+                        ("channel", "channel")):
         value = getattr(args, key)
         if value is not None:
-            options[key] = value
+            options[option] = value
     if args.role == "device":
         return int(echo.run_echo_device(**options))
     return int(echo.run_echo_driver(count=args.count, **options))

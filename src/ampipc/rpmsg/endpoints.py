@@ -1,0 +1,276 @@
+"""Endpoints: local addresses, binding to the peer, and delivery.
+
+Theory of operation
+-------------------
+An endpoint is a local address (``addr``) with an optional peer address (``dest``) and a name.
+`EndpointTable` owns the address space of one link, as OpenAMP's ``rpmsg_device`` does:
+
+- addresses 0..1023 are reserved; dynamic addresses are ``1024 + first free bit`` of a 128-bit
+  map, so the first is 0x400 (each side allocates its own, so both sides' first endpoint is 0x400);
+- a name-service CREATE binds the first local endpoint with the same name (compared up to the
+  first NUL) and no destination yet; with none, it is a *new service* for the application;
+- a name-service DESTROY unbinds the local endpoint with that name bound to that address;
+- the first data message to an endpoint without a destination binds it to the sender;
+- a message to an unknown local address is dropped (and counted), its buffer already returned.
+
+The table is plain data guarded by its owner's lock; it never calls user code. `route()` says what
+happened, and the owner runs callbacks outside its lock, so a callback may send or create
+endpoints.
+
+An `Endpoint` delivers either to its callback (``callback(endpoint, data, src)``, run on the link's
+I/O thread, like an OpenAMP endpoint callback) or, without a callback, to its own queue, read with
+`Endpoint.receive`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from typing_extensions import Self
+
+from ..errors import IpcError, ResourceExhausted
+from ._wire import RPMSG_ADDR_ANY, RPMSG_ADDR_BMP_SIZE, RPMSG_RESERVED_ADDRESSES
+from .rpmsg_virtio import Message, NameService
+
+__all__ = ["Bound", "Delivery", "Dropped", "Endpoint", "EndpointCallback", "EndpointTable", "NewService", "UnbindCallback", "Unbound"]
+
+EndpointCallback = Callable[["Endpoint", bytes, int], None]
+UnbindCallback = Callable[["Endpoint"], None]
+
+
+class _Link(Protocol):
+    def _send(self, src: int, dst: int, data: bytes | bytearray | memoryview, timeout: float | None, block: bool) -> bool: ...
+    def _destroy_endpoint(self, endpoint: Endpoint) -> None: ...
+    def _wait_slice(self, endpoint: Endpoint, timeout: float) -> None: ...
+    def _check_open(self) -> None: ...
+    def _wait_event(self, event: threading.Event, timeout: float) -> bool: ...
+
+
+class Endpoint:
+    """A local rpmsg address on one link. Create with `RpmsgDevice.create_endpoint`."""
+
+    def __init__(
+        self,
+        link: _Link,
+        name: str,
+        addr: int,
+        dest: int,
+        callback: EndpointCallback | None,
+        on_unbind: UnbindCallback | None,
+    ) -> None:
+        self._link = link
+        self.name = name
+        self.addr = addr
+        self.dest = dest
+        self.callback = callback
+        self.on_unbind = on_unbind
+        self._queue: deque[tuple[int, bytes]] = deque()
+        self._cond = threading.Condition()
+        self._bound = threading.Event()
+        self._unbound = threading.Event()
+        self.destroyed = False
+        if dest != RPMSG_ADDR_ANY:
+            self._bound.set()
+
+    def __repr__(self) -> str:
+        dest = "ANY" if self.dest == RPMSG_ADDR_ANY else f"{self.dest:#x}"
+        return f"<Endpoint {self.name!r} addr={self.addr:#x} dest={dest}>"
+
+    @property
+    def is_bound(self) -> bool:
+        """True once the endpoint knows its peer address (OpenAMP's ``is_rpmsg_ept_ready``)."""
+        return self.dest != RPMSG_ADDR_ANY
+
+    @property
+    def peer_unbound(self) -> bool:
+        """True after the peer destroyed the endpoint this one was bound to."""
+        return self._unbound.is_set()
+
+    def wait_bound(self, timeout: float | None = None) -> None:
+        """Block until bound; TimeoutError after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._link._wait_event(self._bound, 0.05):
+            self._check_link()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"endpoint {self.name!r} was not bound to a peer within {timeout} s")
+
+    def wait_unbound(self, timeout: float | None = None) -> None:
+        """Block until the peer destroys its side (name-service DESTROY)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._link._wait_event(self._unbound, 0.05):
+            self._check_link()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"the peer of endpoint {self.name!r} did not go away within {timeout} s")
+
+    def _check_link(self) -> None:
+        self._link._check_open()
+
+    # ---- sending --------------------------------------------------------------------------------
+    def send(self, data: bytes | bytearray | memoryview, timeout: float | None = 15.0) -> None:
+        """Send to the bound peer; waits up to ``timeout`` s for a free buffer, then NoBuffer."""
+        self.send_to(self.dest, data, timeout)
+
+    def try_send(self, data: bytes | bytearray | memoryview) -> bool:
+        """Send to the bound peer if a buffer is free now; False otherwise."""
+        if self.dest == RPMSG_ADDR_ANY:
+            raise IpcError(f"endpoint {self.name!r} has no destination yet (not bound)")
+        return self._link._send(self.addr, self.dest, data, 0.0, False)
+
+    def send_to(self, dst: int, data: bytes | bytearray | memoryview, timeout: float | None = 15.0) -> None:
+        """Send to address ``dst``; waits up to ``timeout`` s for a free buffer, then NoBuffer."""
+        if dst == RPMSG_ADDR_ANY:
+            raise IpcError(f"endpoint {self.name!r} has no destination yet (not bound)")
+        self._link._send(self.addr, dst, data, timeout, True)
+
+    # ---- receiving ------------------------------------------------------------------------------
+    def receive_from(self, timeout: float | None = None) -> tuple[int, bytes]:
+        """The next (src, payload) queued for this endpoint (endpoints without a callback)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._cond:
+                if self._queue:
+                    return self._queue.popleft()
+            self._check_link()
+            if self.destroyed:
+                raise IpcError(f"endpoint {self.name!r} is destroyed")
+            left = 0.1 if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no message for endpoint {self.name!r} within {timeout} s")
+            self._link._wait_slice(self, min(left, 0.1))
+
+    def receive(self, timeout: float | None = None) -> bytes:
+        """The next payload queued for this endpoint; TimeoutError after ``timeout`` seconds."""
+        return self.receive_from(timeout)[1]
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def _deliver(self, src: int, payload: bytes) -> None:
+        with self._cond:
+            self._queue.append((src, payload))
+            self._cond.notify_all()
+
+    def _wait_queue(self, timeout: float) -> None:
+        with self._cond:
+            if not self._queue:
+                self._cond.wait(timeout)
+
+    def destroy(self) -> None:
+        """Release the address; announces DESTROY for dynamic addresses when NS is on."""
+        if not self.destroyed:
+            self._link._destroy_endpoint(self)
+            self.destroyed = True
+            with self._cond:
+                self._cond.notify_all()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()
+
+
+@dataclass(frozen=True)
+class Delivery:
+    endpoint: Endpoint
+    src: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Bound:
+    endpoint: Endpoint
+    dest: int
+
+
+@dataclass(frozen=True)
+class Unbound:
+    endpoint: Endpoint
+
+
+@dataclass(frozen=True)
+class NewService:
+    name: str
+    addr: int
+
+
+@dataclass(frozen=True)
+class Dropped:
+    dst: int
+    reason: str
+
+
+Routed = Delivery | Bound | Unbound | NewService | Dropped
+
+
+class EndpointTable:
+    """The endpoints of one link, by local address."""
+
+    def __init__(self) -> None:
+        self._by_addr: dict[int, Endpoint] = {}
+        # Announcements no endpoint claimed yet, by name: an endpoint created later with that
+        # name binds at once (the announcement may arrive before the application creates it).
+        self.unclaimed: dict[str, int] = {}
+
+    def __iter__(self) -> Iterator[Endpoint]:
+        return iter(list(self._by_addr.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_addr)
+
+    def get(self, addr: int) -> Endpoint | None:
+        return self._by_addr.get(addr)
+
+    def allocate_address(self) -> int:
+        for bit in range(RPMSG_ADDR_BMP_SIZE):
+            addr = RPMSG_RESERVED_ADDRESSES + bit
+            if addr not in self._by_addr:
+                return addr
+        raise ResourceExhausted(f"all {RPMSG_ADDR_BMP_SIZE} dynamic rpmsg addresses are in use")
+
+    def add(self, endpoint: Endpoint) -> None:
+        if endpoint.addr in self._by_addr:
+            raise IpcError(f"rpmsg address {endpoint.addr:#x} is in use")
+        self._by_addr[endpoint.addr] = endpoint
+
+    def claim(self, name: str) -> int | None:
+        """The address of an unclaimed announcement of ``name`` (now claimed), or None."""
+        return self.unclaimed.pop(name, None) if name else None
+
+    def remove(self, endpoint: Endpoint) -> None:
+        if self._by_addr.get(endpoint.addr) is endpoint:
+            del self._by_addr[endpoint.addr]
+
+    def route(self, event: Message | NameService) -> Routed:
+        if isinstance(event, NameService):
+            if not event.destroy:
+                for ept in self._by_addr.values():
+                    if ept.name == event.name and ept.dest == RPMSG_ADDR_ANY:
+                        ept.dest = event.addr
+                        ept._unbound.clear()
+                        ept._bound.set()
+                        return Bound(ept, event.addr)
+                self.unclaimed[event.name] = event.addr
+                return NewService(event.name, event.addr)
+            for ept in self._by_addr.values():
+                if ept.name == event.name and ept.dest == event.addr:
+                    ept.dest = RPMSG_ADDR_ANY
+                    ept._bound.clear()
+                    ept._unbound.set()
+                    return Unbound(ept)
+            if self.unclaimed.get(event.name) == event.addr:
+                del self.unclaimed[event.name]
+            return Dropped(event.addr, f"name-service DESTROY for unknown {event.name!r} at {event.addr:#x}")
+        target = self._by_addr.get(event.dst)
+        if target is None:
+            return Dropped(event.dst, f"message from {event.src:#x} to unknown address {event.dst:#x}")
+        if target.dest == RPMSG_ADDR_ANY:
+            target.dest = event.src
+            target._bound.set()
+        return Delivery(target, event.src, event.payload)

@@ -1,0 +1,461 @@
+"""The rpmsg-virtio transport state machine, both roles, sans-I/O.
+
+Theory of operation
+-------------------
+`RpmsgVirtio` turns two split rings and a buffer pool into "send a message from src to dst" and
+"here are the messages that arrived". It never blocks, never sleeps and never notifies: callers
+call `poll()` when the peer kicked (or periodically), `try_send()` to send, and `take_kick()` to
+learn whether the peer must now be notified. It is not thread-safe; the owner serialises calls.
+
+Rings (OpenAMP's assignment): vring0 carries device -> driver messages, vring1 driver -> device.
+
+- **Driver** (OpenAMP "host"): negotiates ``gfeatures = dfeatures & wanted``, zeroes both rings,
+  sets NO_INTERRUPT on vring1, zeroes and posts ``vring0.num`` receive buffers (the first buffers
+  of the pool, device-writable, 512 B each) on vring0, then writes ``status = DRIVER_OK`` and
+  nothing else. Transmit buffers come from the rest of the pool, one per free descriptor, and
+  are reused only after the device has returned them on vring1's used ring. A received buffer is
+  copied out and made available again at once.
+- **Device** (OpenAMP "remote"): waits (polls) for DRIVER_OK, reads the negotiated features, sets
+  NO_NOTIFY on vring0, then takes driver buffers from vring0's avail ring to send (returning them
+  used with ``len = desc.len``) and consumes vring1 (returning each buffer at once).
+
+Validation: every head, descriptor, used element, header length and name-service record from the
+peer is checked before use (see `virtqueue`). A bad one increments ``statistics.protocol_errors``,
+is logged on the ``ampipc.rpmsg`` logger, and only that message is dropped; the buffer goes back
+to the peer whenever it can be identified. `poll()` and `try_send()` never raise for anything the
+peer wrote.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+
+from ..errors import MessageTooLarge, ProtocolError
+from ._window import Window
+from ._wire import (
+    FEATURE_NS,
+    NS_CREATE,
+    NS_DESTROY,
+    NS_RECORD,
+    NS_RECORD_SIZE,
+    RPMSG_BUFFER_SIZE,
+    RPMSG_HDR,
+    RPMSG_HDR_SIZE,
+    RPMSG_NAME_SIZE,
+    RPMSG_NS_ADDR,
+    STATUS_DRIVER_OK,
+    STATUS_NEEDS_RESET,
+)
+from .rsc_table import ResourceTable, parse_resource_table
+from .virtqueue import DeviceQueue, DriverQueue, RingError
+
+__all__ = ["LinkStatistics", "Message", "NameService", "Role", "RpmsgVirtio", "decode_ns_name", "encode_ns_name"]
+
+log = logging.getLogger("ampipc.rpmsg")
+
+
+class Role(enum.Enum):
+    """VIRTIO role: DRIVER is OpenAMP's "host" (master), DEVICE its "remote" (slave)."""
+
+    DRIVER = "driver"
+    DEVICE = "device"
+
+
+@dataclass(frozen=True)
+class Message:
+    """A data message as it arrived: ``payload`` is a copy, the buffer is already back."""
+
+    src: int
+    dst: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class NameService:
+    """A valid name-service record (create or destroy) from the peer."""
+
+    name: str
+    addr: int
+    flags: int
+
+    @property
+    def destroy(self) -> bool:
+        return self.flags == NS_DESTROY
+
+
+Event = Message | NameService
+
+
+@dataclass
+class LinkStatistics:
+    messages_sent: int = 0
+    messages_received: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    ns_sent: int = 0
+    ns_received: int = 0
+    protocol_errors: int = 0
+    dropped_unknown_address: int = 0
+    tx_buffer_waits: int = 0
+    kicks_sent: int = 0
+    kicks_received: int = 0
+    last_error: str = ""
+    errors_by_kind: dict[str, int] = field(default_factory=dict)
+
+
+def encode_ns_name(name: str) -> bytes:
+    raw = name.encode("utf-8")
+    if len(raw) >= RPMSG_NAME_SIZE:
+        raise ValueError(f"service name {name!r} is longer than {RPMSG_NAME_SIZE - 1} bytes")
+    return raw
+
+
+def decode_ns_name(raw: bytes) -> str:
+    """The name up to its first NUL: the bytes after it may be garbage (OpenAMP does not pad)."""
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+class RpmsgVirtio:
+    """One rpmsg-virtio link over ``window``; see the module docstring."""
+
+    def __init__(
+        self,
+        window: Window,
+        role: Role,
+        *,
+        rsc_offset: int = 0,
+        pool_offset: int,
+        pool_size: int,
+        buffer_size: int = RPMSG_BUFFER_SIZE,
+        wanted_features: int = FEATURE_NS,
+        name: str = "rpmsg",
+    ) -> None:
+        if buffer_size <= RPMSG_HDR_SIZE or buffer_size > 0xFFFF + RPMSG_HDR_SIZE:
+            raise ValueError(f"buffer size {buffer_size} is out of range")
+        if not window.contains(pool_offset, pool_size):
+            raise ValueError("the buffer pool is outside the shared area")
+        self.window = window
+        self.role = role
+        self.name = name
+        self.rsc_offset = rsc_offset
+        self.pool_offset = pool_offset
+        self.pool_size = pool_size
+        self.buffer_size = buffer_size
+        self.wanted_features = wanted_features
+        self.statistics = LinkStatistics()
+        self.features = 0
+        self.ns_enabled = False
+        self.started = False
+        self.table: ResourceTable | None = None
+        self._kick = False
+        self._more = False
+        # driver side
+        self._drv_rx: DriverQueue | None = None
+        self._drv_tx: DriverQueue | None = None
+        self._tx_free: deque[tuple[int, int]] = deque()
+        self._tx_bump = 0
+        # device side
+        self._dev_rx: DeviceQueue | None = None
+        self._dev_tx: DeviceQueue | None = None
+        self._tx_stash: list[tuple[int, int, int]] = []
+
+    # ---- errors ---------------------------------------------------------------------------------
+    def _error(self, kind: str, message: str) -> None:
+        st = self.statistics
+        st.protocol_errors += 1
+        st.last_error = message
+        st.errors_by_kind[kind] = st.errors_by_kind.get(kind, 0) + 1
+        log.warning("%s: protocol error (%s): %s", self.name, kind, message)
+
+    @property
+    def max_payload(self) -> int:
+        return self.buffer_size - RPMSG_HDR_SIZE
+
+    # ---- start-up -------------------------------------------------------------------------------
+    def start_driver(self) -> None:
+        """Negotiate, reset the rings, post the receive buffers, set DRIVER_OK."""
+        if self.role is not Role.DRIVER:
+            raise ValueError("start_driver() is for the driver role")
+        table = parse_resource_table(self.window, self.rsc_offset)
+        w = self.window
+        dfeatures = table.dfeatures
+        gfeatures = dfeatures & self.wanted_features
+        w.put_u32(table.gfeatures_offset, gfeatures)
+        self.features = dfeatures & gfeatures
+        self.ns_enabled = bool(self.features & FEATURE_NS)
+        rx = DriverQueue(w, table.vrings[0].geometry, f"{self.name}/vring0")
+        tx = DriverQueue(w, table.vrings[1].geometry, f"{self.name}/vring1")
+        rx.reset()
+        tx.reset()
+        tx.set_no_interrupt(True)
+        n_rx = rx.num
+        if (n_rx + 1) * self.buffer_size > self.pool_size:
+            raise ValueError(f"the pool of {self.pool_size:#x} bytes cannot hold {n_rx} receive buffers and a transmit buffer")
+        w.fill(self.pool_offset, n_rx * self.buffer_size)
+        for i in range(n_rx):
+            rx.add(self.pool_offset + i * self.buffer_size, self.buffer_size, True, publish=False)
+        rx.publish()
+        self._tx_bump = self.pool_offset + n_rx * self.buffer_size
+        self._drv_rx, self._drv_tx = rx, tx
+        self.table = table
+        self._set_status(table, STATUS_DRIVER_OK)
+        self.started = True
+        self._kick = True
+
+    def _set_status(self, table: ResourceTable, status: int) -> None:
+        off = table.status_offset
+        if off % 4 == 0:
+            word = self.window.u32(off)
+            self.window.store_word(off, (word & ~0xFF) | status)
+        else:
+            self.window.put_u8(off, status)
+
+    def device_ready(self) -> bool:
+        """Device: has the driver written DRIVER_OK? (The device polls this; kicks play no part.)"""
+        if self.role is not Role.DEVICE:
+            raise ValueError("device_ready() is for the device role")
+        table = self.table if self.table is not None else parse_resource_table(self.window, self.rsc_offset)
+        self.table = table
+        status = self.window.u8(table.status_offset)
+        if status & STATUS_NEEDS_RESET:
+            self._set_status(table, 0)
+            return False
+        return bool(status & STATUS_DRIVER_OK)
+
+    def start_device(self) -> None:
+        """Device: after DRIVER_OK, read the features and attach to the rings."""
+        if self.role is not Role.DEVICE:
+            raise ValueError("start_device() is for the device role")
+        table = parse_resource_table(self.window, self.rsc_offset)
+        w = self.window
+        self.features = w.u32(table.dfeatures_offset) & w.u32(table.gfeatures_offset)
+        self.ns_enabled = bool(self.features & FEATURE_NS)
+        pool = (self.pool_offset, self.pool_offset + self.pool_size)
+        tx = DeviceQueue(w, table.vrings[0].geometry, pool, f"{self.name}/vring0")
+        rx = DeviceQueue(w, table.vrings[1].geometry, pool, f"{self.name}/vring1")
+        tx.attach()
+        rx.attach()
+        tx.set_no_notify(True)
+        self._dev_tx, self._dev_rx = tx, rx
+        self.table = table
+        self.started = True
+
+    # ---- receive --------------------------------------------------------------------------------
+    def poll(self) -> list[Event]:
+        """Everything that arrived since the last poll (at most one ring's worth per call)."""
+        if not self.started:
+            return []
+        if self.role is Role.DRIVER:
+            return self._poll_driver()
+        return self._poll_device()
+
+    @property
+    def more_pending(self) -> bool:
+        """True when the last poll stopped at its limit: poll again without waiting."""
+        return self._more
+
+    def _decode(self, addr: int, capacity: int, events: list[Event]) -> None:
+        if capacity < RPMSG_HDR_SIZE:
+            self._error("short-buffer", f"buffer at {addr:#x} of {capacity} bytes cannot hold a header")
+            return
+        src, dst, _reserved, length, _flags = self.window.unpack(RPMSG_HDR, addr)
+        if length > capacity - RPMSG_HDR_SIZE:
+            self._error("header-length", f"header len {length} exceeds the buffer at {addr:#x} ({capacity - RPMSG_HDR_SIZE} max)")
+            return
+        payload = self.window.read(addr + RPMSG_HDR_SIZE, length)
+        st = self.statistics
+        if dst == RPMSG_NS_ADDR and self.ns_enabled:
+            if length != NS_RECORD_SIZE:
+                self._error("ns-record", f"name-service record of {length} bytes (must be {NS_RECORD_SIZE})")
+                return
+            raw_name, ns_addr, ns_flags = NS_RECORD.unpack(payload)
+            if ns_flags not in (NS_CREATE, NS_DESTROY):
+                self._error("ns-record", f"name-service flags {ns_flags:#x}")
+                return
+            st.ns_received += 1
+            events.append(NameService(decode_ns_name(raw_name), ns_addr, ns_flags))
+            return
+        st.messages_received += 1
+        st.bytes_received += length
+        events.append(Message(src, dst, payload))
+
+    def _poll_driver(self) -> list[Event]:
+        rx = self._drv_rx
+        assert rx is not None
+        events: list[Event] = []
+        reposted = 0
+        self._more = False
+        for _ in range(rx.num):
+            try:
+                item = rx.get_used()
+            except RingError as exc:
+                self._error("used-ring", str(exc))
+                continue
+            if item is None:
+                break
+            _head, addr, buflen, used_len = item
+            if used_len > buflen:
+                self._error("used-length", f"used len {used_len} exceeds the buffer length {buflen}")
+            elif used_len >= RPMSG_HDR_SIZE:
+                self._decode(addr, used_len, events)
+            # else: the device handed the buffer back unused (e.g. after refusing it): repost it
+            rx.add(addr, buflen, True, publish=False)
+            reposted += 1
+        else:
+            self._more = rx.has_used()
+        if reposted:
+            rx.publish()
+            if rx.needs_kick():
+                self._kick = True
+        return events
+
+    def _poll_device(self) -> list[Event]:
+        rx = self._dev_rx
+        assert rx is not None
+        events: list[Event] = []
+        returned = 0
+        self._more = False
+        for _ in range(rx.num):
+            try:
+                item = rx.get_available()
+            except RingError as exc:
+                self._error("avail-ring", str(exc))
+                if exc.head is not None:
+                    rx.put_used(exc.head, 0, publish=False)
+                    returned += 1
+                continue
+            if item is None:
+                break
+            head, addr, length, _flags = item
+            self._decode(addr, length, events)
+            rx.put_used(head, length, publish=False)
+            returned += 1
+        else:
+            self._more = rx.has_available()
+        if returned:
+            rx.publish()
+            if rx.needs_kick():
+                self._kick = True
+        return events
+
+    # ---- send -----------------------------------------------------------------------------------
+    def try_send(self, src: int, dst: int, payload: bytes | bytearray | memoryview) -> bool:
+        """Send one message now if a transmit buffer is free; False if none is."""
+        if not self.started:
+            raise ProtocolError("the link is not started")
+        n = len(payload)
+        if n > self.max_payload:
+            raise MessageTooLarge(f"a {n}-byte payload exceeds the rpmsg maximum of {self.max_payload} bytes")
+        if self.role is Role.DRIVER:
+            sent = self._send_driver(src, dst, payload)
+        else:
+            sent = self._send_device(src, dst, payload)
+        if sent:
+            self.statistics.messages_sent += 1
+            self.statistics.bytes_sent += n
+        return sent
+
+    def _fill(self, addr: int, src: int, dst: int, payload: bytes | bytearray | memoryview) -> None:
+        self.window.pack(RPMSG_HDR, addr, src, dst, 0, len(payload), 0)
+        self.window.write(addr + RPMSG_HDR_SIZE, payload)
+
+    def reclaim(self) -> None:
+        """Driver: take back the transmit buffers the device has returned."""
+        tx = self._drv_tx
+        if tx is None:
+            return
+        for _ in range(tx.num):
+            try:
+                item = tx.get_used()
+            except RingError as exc:
+                self._error("used-ring", str(exc))
+                continue
+            if item is None:
+                break
+            _head, addr, buflen, _used_len = item
+            self._tx_free.append((addr, buflen))
+
+    def _send_driver(self, src: int, dst: int, payload: bytes | bytearray | memoryview) -> bool:
+        tx = self._drv_tx
+        assert tx is not None
+        self.reclaim()
+        if tx.free_count == 0:
+            return False
+        if self._tx_free:
+            addr, buflen = self._tx_free.popleft()
+        elif self._tx_bump + self.buffer_size <= self.pool_offset + self.pool_size:
+            addr, buflen = self._tx_bump, self.buffer_size
+            self._tx_bump += self.buffer_size
+        else:
+            return False
+        self._fill(addr, src, dst, payload)
+        tx.add(addr, buflen, False)
+        if tx.needs_kick():
+            self._kick = True
+        return True
+
+    def _send_device(self, src: int, dst: int, payload: bytes | bytearray | memoryview) -> bool:
+        tx = self._dev_tx
+        assert tx is not None
+        need = RPMSG_HDR_SIZE + len(payload)
+        chosen: tuple[int, int, int] | None = None
+        for i, stashed in enumerate(self._tx_stash):
+            if stashed[2] >= need:
+                chosen = self._tx_stash.pop(i)
+                break
+        budget = 2 * tx.num  # a driver that keeps advancing avail.idx cannot hold us here
+        while chosen is None:
+            budget -= 1
+            if budget < 0:
+                return False
+            try:
+                item = tx.get_available()
+            except RingError as exc:
+                self._error("avail-ring", str(exc))
+                if exc.head is not None:
+                    tx.put_used(exc.head, 0)
+                continue
+            if item is None:
+                return False
+            head, addr, length, _flags = item
+            if length >= need:
+                chosen = (head, addr, length)
+            else:
+                # A driver buffer too small for this message still serves a shorter one later.
+                self._tx_stash.append((head, addr, length))
+        head, addr, length = chosen
+        # addr was validated against the pool when the head was taken; writing through the
+        # captured value stays in bounds even if the driver rewrites the descriptor meanwhile.
+        self._fill(addr, src, dst, payload)
+        tx.put_used(head, length)
+        if tx.needs_kick():
+            self._kick = True
+        return True
+
+    def send_ns(self, name: str, addr: int, destroy: bool = False) -> bool:
+        """Announce (or withdraw) a service: a 40-byte record from ``addr`` to 0x35."""
+        record = NS_RECORD.pack(encode_ns_name(name), addr, NS_DESTROY if destroy else NS_CREATE)
+        sent = self.try_send(addr, RPMSG_NS_ADDR, record)
+        if sent:
+            self.statistics.ns_sent += 1
+            self.statistics.messages_sent -= 1
+            self.statistics.bytes_sent -= NS_RECORD_SIZE
+        return sent
+
+    def take_kick(self) -> bool:
+        """Whether the peer must be notified now (and forget it)."""
+        kick = self._kick
+        self._kick = False
+        return kick
+
+    def has_tx_buffer(self) -> bool:
+        """A cheap check for a sender waiting on buffers: could `try_send` succeed now?"""
+        if self.role is Role.DRIVER:
+            tx = self._drv_tx
+            return tx is not None and (bool(self._tx_free) or tx.has_used() or
+                                       self._tx_bump + self.buffer_size <= self.pool_offset + self.pool_size)
+        dtx = self._dev_tx
+        return dtx is not None and (bool(self._tx_stash) or dtx.has_available())
