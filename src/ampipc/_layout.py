@@ -39,16 +39,19 @@ Buffer header (256 bytes; the storage follows at ``data offset``)::
     24  u32  total size      header + storage
     line 1 (64), written by the writer only
     64  u32  head            xHead, the next byte to write; the reader's futex word
-    68  u32  tx waiting      1 while the writer sleeps (xTaskWaitingToSend)
     72  u32  writer pid      80  u64 writer start time
     88  u64  messages in     96  u64 bytes in     104 u64 peak fill
     112 u64  writer waits    120 u64 wake-ups issued by the writer
     line 2 (128), written by the reader only
     128 u32  tail            xTail, the next byte to read; the writer's futex word
-    132 u32  rx waiting      1 while the reader sleeps (xTaskWaitingToReceive)
     136 u32  reader pid      144 u64 reader start time
     152 u64  messages out    160 u64 bytes out
     168 u64  reader waits    176 u64 wake-ups issued by the reader
+    line 3 (192), the waiting flags: stored by a side about to sleep, cleared by whoever wakes it.
+    Apart from the indexes, so that checking them on every send and receive reads a line that
+    changes only when somebody blocks.
+    192 u32  tx waiting      1 while the writer sleeps (xTaskWaitingToSend)
+    196 u32  rx waiting      1 while the reader sleeps (xTaskWaitingToReceive)
 """
 
 from __future__ import annotations
@@ -95,9 +98,9 @@ PREFIX_SIZE = 4
 RING_CONSTANTS = struct.Struct("<IIIIIII")  # magic, flags, length, data offset, trigger, prefix, total
 RING_OFF_TRIGGER = 16
 RING_OFF_HEAD = 64
-RING_OFF_TX_WAITING = 68
+RING_OFF_TX_WAITING = 192
 RING_OFF_TAIL = 128
-RING_OFF_RX_WAITING = 132
+RING_OFF_RX_WAITING = 196
 
 KIND_MESSAGE_BUFFER = "message_buffer"
 KIND_STREAM_BUFFER = "stream_buffer"

@@ -13,13 +13,17 @@
  * MessageRing / StreamRing  the FreeRTOS stream-buffer ring (one byte always free, xLength =
  *          capacity + 1) at an offset of a Mapping. The whole send and receive fast path is one C
  *          call. Ownership of the words of a ring header (layout in ampipc/_layout.py):
- *            - the writer alone stores head, tx_waiting and the writer statistics;
- *            - the reader alone stores tail, rx_waiting and the reader statistics;
+ *            - the writer alone stores head and the writer statistics;
+ *            - the reader alone stores tail and the reader statistics;
+ *            - a waiting flag (tx_waiting, rx_waiting) is set by the side about to sleep and
+ *              cleared by that side or by the peer that wakes it (FreeRTOS clears
+ *              xTaskWaitingToReceive when it notifies);
  *            - constants (magic, flags, length, data offset, prefix size) are written once at create;
  *            - trigger_level may be set by either side (as xStreamBufferSetTriggerLevel).
  *          The writer copies the payload, then publishes head with one release store; the reader
  *          copies out, then publishes tail with one release store (FreeRTOS main-branch order).
- *          A blocked side stores its waiting flag, issues a seq_cst fence, re-checks, then sleeps
+ *          A blocked side first spins a bounded, adaptive time; then it stores its waiting flag,
+ *          issues a seq_cst fence, re-checks, then sleeps
  *          on the futex of the index the peer publishes (head for a reader, tail for a writer).
  *          The peer publishes, fences, and wakes only if the flag is set: no system call when nobody
  *          waits. A sleep never exceeds WAIT_SLICE_NS, after which signals, the region's state and
@@ -54,7 +58,7 @@
 #define OFF_TOTAL 24
 /* writer cache line */
 #define OFF_HEAD 64
-#define OFF_TX_WAITING 68
+#define OFF_TX_WAITING 192 /* line 3: written only around a sleep */
 #define OFF_WRITER_PID 72
 #define OFF_WRITER_START 80
 #define OFF_MSGS_IN 88
@@ -64,7 +68,7 @@
 #define OFF_WAKES_BY_WRITER 120
 /* reader cache line */
 #define OFF_TAIL 128
-#define OFF_RX_WAITING 132
+#define OFF_RX_WAITING 196
 #define OFF_READER_PID 136
 #define OFF_READER_START 144
 #define OFF_MSGS_OUT 152
@@ -81,7 +85,7 @@
 
 static PyObject *ErrCorrupt, *ErrTooLarge, *ErrTooSmall, *ErrClosed, *ErrRoleBusy, *ErrInIsr;
 /* Set while this thread runs an interrupt handler: blocking calls are refused there. */
-static __thread int in_isr_context = 0;
+static __thread int in_isr_context __attribute__((tls_model("initial-exec"))) = 0;
 static uint32_t process_pid = 0;
 static uint64_t process_start = 0;
 static long default_spin_ns = DEFAULT_SPIN_NS;
@@ -460,7 +464,8 @@ typedef struct {
     PyObject *receive_hook; /* NULL: the default direct futex wake */
     PyObject *peer_check;   /* called with (role,) after a wait slice runs out */
     PyObject *guard;        /* bytearray(2): in-process writer / reader busy flags */
-    long spin_ns;
+    long spin_ns;  /* the configured spin */
+    long spin_cur; /* the spin in force: halved after a spin that ended in a sleep, regrown on success */
     int in_hook;
     PyObject *weakreflist;
 } RingObject;
@@ -770,11 +775,15 @@ static int ring_wait(RingObject *r, int role, uint32_t need, int64_t deadline) {
 
     m->busy++;
     /* Bounded spin first: the peer is often about to answer, and a futex round costs microseconds. */
-    if (r->spin_ns > 0) {
+    /* Adaptive: when the machine has more runnable processes than cores, spinning only delays
+     * the peer it waits for, so a spin that fails halves the next one (down to a floor that still
+     * catches a quick answer) and a spin that succeeds doubles it back up to the configured value. */
+    if (r->spin_cur > 0) {
         int ready = 0;
+        long spin = r->spin_cur;
         Py_BEGIN_ALLOW_THREADS
         int64_t start = now_ns();
-        int64_t stop = start + r->spin_ns;
+        int64_t stop = start + spin;
         if (deadline >= 0 && deadline < stop) stop = deadline;
         for (unsigned i = 1;; i++) {
             if (ring_ready(r, role, need)) {
@@ -785,10 +794,13 @@ static int ring_wait(RingObject *r, int role, uint32_t need, int64_t deadline) {
             if ((i & 63) == 0 && now_ns() >= stop) break;
         }
         Py_END_ALLOW_THREADS
+        long floor = r->spin_ns / 16;
         if (ready) {
+            r->spin_cur = spin * 2 > r->spin_ns ? r->spin_ns : spin * 2;
             result = 1;
             goto out;
         }
+        r->spin_cur = spin / 2 < floor ? floor : spin / 2;
     }
     for (;;) {
         int64_t slice = WAIT_SLICE_NS;
@@ -850,20 +862,22 @@ out:
 
 static int guard_enter(RingObject *r, int role) {
     if (r->guard == NULL) return 0;
+    /* The GIL is held here, so plain accesses are enough between this process's threads. */
     unsigned char *g = (unsigned char *)PyByteArray_AS_STRING(r->guard);
-    if (__atomic_exchange_n(&g[role], 1, __ATOMIC_ACQ_REL)) {
+    if (g[role]) {
         PyErr_Format(ErrRoleBusy,
                      "buffer %R already has a %s in a call in this process; one writer and one reader at a time",
                      r->name, role == ROLE_WRITER ? "writer" : "reader");
         return -1;
     }
+    g[role] = 1;
     return 0;
 }
 
 static void guard_exit(RingObject *r, int role) {
     if (r->guard == NULL) return;
     unsigned char *g = (unsigned char *)PyByteArray_AS_STRING(r->guard);
-    __atomic_store_n(&g[role], 0, __ATOMIC_RELEASE);
+    g[role] = 0;
 }
 
 static int refuse_in_isr(RingObject *r, int64_t timeout_ns, const char *what) {
@@ -1270,6 +1284,7 @@ static int ring_set_spin(RingObject *r, PyObject *value, void *c) {
         return -1;
     }
     r->spin_ns = (long)(s * 1e9);
+    r->spin_cur = r->spin_ns;
     return 0;
 }
 
@@ -1361,6 +1376,7 @@ static int ring_init(RingObject *self, PyObject *args, PyObject *kwds) {
     self->data_off = data_off;
     self->is_message = (flags & FLAG_MESSAGE) != 0;
     self->spin_ns = default_spin_ns;
+    self->spin_cur = default_spin_ns;
     if (guard != Py_None) self->guard = Py_NewRef(guard);
     return 0;
 }
