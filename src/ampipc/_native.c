@@ -1075,6 +1075,10 @@ static PyObject *stream_write_impl(RingObject *r, PyObject *data, int64_t timeou
         }
         total += w;
         if (total == n || timeout_ns == 0 || last) break;
+        if (ring_open(r) < 0) { /* a send hook may have closed the region */
+            err = 1;
+            break;
+        }
         int k = ring_wait(r, ROLE_WRITER, 1, deadline);
         if (k < 0 || ring_open(r) < 0) {
             err = 1;

@@ -89,8 +89,10 @@ class Region:
         self.name = name
         self.size = size
         self.is_creator = creator
-        self.mapping = _native.Mapping(fd, size)
-        os.close(fd)
+        try:
+            self.mapping = _native.Mapping(fd, size)
+        finally:
+            os.close(fd)
         self._view: memoryview | None = memoryview(self.mapping)
         self._slot: int | None = None
         self._closed = False
