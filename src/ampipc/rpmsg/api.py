@@ -26,9 +26,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
-from typing_extensions import Self
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 
 from ..errors import IpcError, NoBuffer, PeerDied
 from ._wire import (
