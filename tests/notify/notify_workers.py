@@ -96,3 +96,72 @@ def cm4_isr_and_task_sender(region_name: str, messages: int, results: Any) -> No
     except BaseException as e:  # noqa: BLE001
         out["errors"].append(repr(e))
     results.put(out)
+
+
+# ---- the buffer conformance tests' CM4 side (every strategy; spin 0, so every wait is a sleep) ----
+
+RX_WAITING = 196  # ampipc._layout.RING_OFF_RX_WAITING
+TX_WAITING = 192  # ampipc._layout.RING_OFF_TX_WAITING
+
+
+def waiting_flag(ipc: Ipc, buffer: Any, offset: int) -> int:
+    return ipc.region.mapping.load_u32(buffer.offset + offset)
+
+
+def wait_until_blocked(ipc: Ipc, buffer: Any, offset: int) -> None:
+    """Poll the buffer's waiting flag until the other side sleeps on it."""
+    deadline = time.monotonic() + TIMEOUT
+    while waiting_flag(ipc, buffer, offset) != 1:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{buffer.name!r}: the peer never blocked")
+        time.sleep(0.001)
+
+
+def _no_spin(ipc: Ipc) -> None:
+    for c in range(ipc.channels):
+        ipc.tx_buffer(c).spin = 0
+        ipc.rx_buffer(c).spin = 0
+
+
+def cm4_blocked_reader(region_name: str, results: Any) -> None:
+    """CM4: block in receive on channel 0 before anything was sent; report what arrives."""
+    try:
+        with Region.attach(region_name) as region, Ipc.attach(region, core="CM4") as ipc:
+            _no_spin(ipc)
+            ipc.start()
+            got = ipc.receive(0, timeout=TIMEOUT)
+            ipc.send(0, b"ack:" + got, timeout=TIMEOUT)
+            results.put({"got": got, "strategy": ipc.strategy_statistics()})
+    except BaseException as e:  # noqa: BLE001
+        results.put({"error": repr(e)})
+
+
+def cm4_frees_space(region_name: str, results: Any) -> None:
+    """CM4: once the CM7 sleeps on a full channel 0, read one message; then drain and report."""
+    try:
+        with Region.attach(region_name) as region, Ipc.attach(region, core="CM4") as ipc:
+            _no_spin(ipc)
+            ipc.start()
+            wait_until_blocked(ipc, ipc.rx_buffer(0), TX_WAITING)
+            received = [ipc.receive(0, timeout=TIMEOUT)]
+            while True:
+                msg = ipc.receive(0, timeout=TIMEOUT)
+                if msg == b"end":
+                    break
+                received.append(msg)
+            results.put({"received": received})
+    except BaseException as e:  # noqa: BLE001
+        results.put({"error": repr(e)})
+
+
+def cm4_echo(region_name: str, rounds: int, results: Any) -> None:
+    """CM4: echo `rounds` messages on channel 0, blocking on every receive."""
+    try:
+        with Region.attach(region_name) as region, Ipc.attach(region, core="CM4") as ipc:
+            _no_spin(ipc)
+            ipc.start()
+            for _ in range(rounds):
+                ipc.send(0, ipc.receive(0, timeout=TIMEOUT), timeout=TIMEOUT)
+            results.put({"echoed": rounds})
+    except BaseException as e:  # noqa: BLE001
+        results.put({"error": repr(e)})
