@@ -130,7 +130,7 @@ def test_prefix_longer_than_the_data(region: Region) -> None:
         mb.receive(timeout=0)
     assert info.value.field == "message length prefix" and info.value.value == 200
     with pytest.raises(CorruptRegion):
-        mb.next_length
+        _ = mb.next_length
     with pytest.raises(CorruptRegion):
         mb.receive_into(bytearray(1000))
     region.view[start : start + 4] = (4).to_bytes(4, "little")

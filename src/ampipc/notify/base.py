@@ -251,7 +251,7 @@ class Strategy(ABC):
             raise ValueError(f"core {core.name!r} neither writes nor reads any of the buffers")
         self._attach_shared()
 
-    def _attach_shared(self) -> None:
+    def _attach_shared(self) -> None:  # noqa: B027 - a hook with a default, not an abstract method
         """Find and validate the shared state `prepare` laid out. Default: there is none."""
 
     @classmethod
