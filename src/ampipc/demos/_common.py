@@ -16,12 +16,15 @@ import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
+from ..hw import Hardware
+from ..hw.boot import cm4_wait_for_boot
 from ..region import Region
 
-__all__ = ["CHILD_TIMEOUT", "Timeline", "print_summary", "region_name", "run_pair"]
+__all__ = ["CHILD_TIMEOUT", "Timeline", "cm4_booted", "print_summary", "region_name", "run_pair"]
 
 CHILD_TIMEOUT = 60.0
 _counter = itertools.count()
@@ -87,6 +90,25 @@ def run_pair(
         results.close()
         results.join_thread()
         region.close()
+
+
+@contextmanager
+def cm4_booted(region_name: str, counts: dict[str, Any], results: Any) -> Iterator[Hardware]:
+    """The CM4's frame: wait for the CM7's boot release and attach; always report `counts` at the end.
+
+    An error in the body is recorded as ``counts["error"]`` for the CM7 to print, not raised: the
+    child's exit code stays meaningful and the CM7 never waits for a report that does not come.
+    """
+    try:
+        hw = cm4_wait_for_boot(region_name, timeout=CHILD_TIMEOUT)
+        try:
+            yield hw
+        finally:
+            hw.close()
+            hw.region.close()
+    except BaseException as e:  # noqa: BLE001 - reported to the CM7, which prints it
+        counts["error"] = repr(e)
+    results.put(counts)
 
 
 def print_summary(title: str, rows: Mapping[str, object], ok: bool, *, quiet: bool) -> None:

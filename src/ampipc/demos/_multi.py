@@ -14,10 +14,10 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import _layout as L
-from ..hw.boot import cm4_wait_for_boot, cm7_release_boot
+from ..hw.boot import cm7_release_boot
 from ..ipc import Ipc
 from ..region import Region
-from ._common import CHILD_TIMEOUT, Timeline, print_summary, run_pair
+from ._common import cm4_booted, CHILD_TIMEOUT, Timeline, print_summary, run_pair
 
 __all__ = ["PRESSES", "TICKS", "run_multi"]
 
@@ -35,65 +35,57 @@ def _tick(core: str, i: int) -> bytes:
 def _cm4(region_name: str, origin: float, quiet: bool, results: Any, strategy: str, isr_buttons: bool) -> None:
     say = Timeline("CM4", origin, quiet)
     counts: dict[str, Any] = {"ticks in ok": 0, "ticks out": 0, "presses sent": 0, "waited for a blocked CM7": 0}
-    try:
-        hw = cm4_wait_for_boot(region_name, timeout=CHILD_TIMEOUT)
+    with cm4_booted(region_name, counts, results) as hw:
         region = hw.region
-        try:
-            with Ipc.attach(region, core="CM4", hardware=hw) as ipc:
-                presses_done = threading.Event()
+        with Ipc.attach(region, core="CM4", hardware=hw) as ipc:
+            presses_done = threading.Event()
 
-                def button_isr(_line: int) -> None:
-                    if ipc.send_from_isr(1, b"button"):
-                        counts["presses sent"] += 1
-                    if counts["presses sent"] >= PRESSES:
-                        presses_done.set()
+            def button_isr(_line: int) -> None:
+                if ipc.send_from_isr(1, b"button"):
+                    counts["presses sent"] += 1
+                if counts["presses sent"] >= PRESSES:
+                    presses_done.set()
 
-                if isr_buttons:
-                    ipc.core.attach_handler(BUTTON_LINE, button_isr, priority=10)
-                ipc.start()
-                say(f"attached 2 channels ({strategy}); delaying my reads on channel 0")
+            if isr_buttons:
+                ipc.core.attach_handler(BUTTON_LINE, button_isr, priority=10)
+            ipc.start()
+            say(f"attached 2 channels ({strategy}); delaying my reads on channel 0")
 
-                def ticker() -> None:
-                    for i in range(TICKS):
-                        ipc.send(0, _tick("CM4", i), timeout=CHILD_TIMEOUT)
-                        counts["ticks out"] += 1
-                        time.sleep(0.002)
-
-                sender = threading.Thread(target=ticker, name="CM4-ticker")
-                sender.start()
-                writer_waiting = region.lookup(ipc.rx_buffer(0).name).offset + L.RING_OFF_TX_WAITING
+            def ticker() -> None:
                 for i in range(TICKS):
-                    if i < BLOCKED_READS:
-                        deadline = time.monotonic() + CHILD_TIMEOUT
-                        while not region.mapping.load_u32(writer_waiting) and time.monotonic() < deadline:
-                            time.sleep(0.001)
-                        if region.mapping.load_u32(writer_waiting):
-                            counts["waited for a blocked CM7"] += 1
-                            say("the CM7 is blocked on the full channel 0; reading frees space")
+                    ipc.send(0, _tick("CM4", i), timeout=CHILD_TIMEOUT)
+                    counts["ticks out"] += 1
+                    time.sleep(0.002)
+
+            sender = threading.Thread(target=ticker, name="CM4-ticker")
+            sender.start()
+            writer_waiting = region.lookup(ipc.rx_buffer(0).name).offset + L.RING_OFF_TX_WAITING
+            for i in range(TICKS):
+                if i < BLOCKED_READS:
+                    deadline = time.monotonic() + CHILD_TIMEOUT
+                    while not region.mapping.load_u32(writer_waiting) and time.monotonic() < deadline:
+                        time.sleep(0.001)
+                    if region.mapping.load_u32(writer_waiting):
+                        counts["waited for a blocked CM7"] += 1
+                        say("the CM7 is blocked on the full channel 0; reading frees space")
+                else:
+                    time.sleep(0.003)
+                message = ipc.receive(0, timeout=CHILD_TIMEOUT)
+                if message == _tick("CM7", i):
+                    counts["ticks in ok"] += 1
+                say(f"read {message.decode()!r}")
+                if i in (5, 10, 15):
+                    if isr_buttons:
+                        say("button pressed: EXTI interrupt, the handler sends from the ISR")
+                        ipc.core.raise_interrupt(BUTTON_LINE)
                     else:
-                        time.sleep(0.003)
-                    message = ipc.receive(0, timeout=CHILD_TIMEOUT)
-                    if message == _tick("CM7", i):
-                        counts["ticks in ok"] += 1
-                    say(f"read {message.decode()!r}")
-                    if i in (5, 10, 15):
-                        if isr_buttons:
-                            say("button pressed: EXTI interrupt, the handler sends from the ISR")
-                            ipc.core.raise_interrupt(BUTTON_LINE)
-                        else:
-                            say("button pressed: sending on channel 1")
-                            ipc.send(1, b"button", timeout=CHILD_TIMEOUT)
-                            counts["presses sent"] += 1
-                sender.join(CHILD_TIMEOUT)
-                if isr_buttons:
-                    presses_done.wait(CHILD_TIMEOUT)
-                counts["interrupts"] = ipc.strategy_statistics()["interrupts"]
-        finally:
-            hw.close()
-            region.close()
-    except BaseException as e:  # noqa: BLE001 - reported to the CM7, which prints it
-        counts["error"] = repr(e)
-    results.put(counts)
+                        say("button pressed: sending on channel 1")
+                        ipc.send(1, b"button", timeout=CHILD_TIMEOUT)
+                        counts["presses sent"] += 1
+            sender.join(CHILD_TIMEOUT)
+            if isr_buttons:
+                presses_done.wait(CHILD_TIMEOUT)
+            counts["interrupts"] = ipc.strategy_statistics()["interrupts"]
 
 
 def _cm7(strategy: str) -> Callable[[Region, Timeline, Callable[[], None]], dict[str, Any]]:

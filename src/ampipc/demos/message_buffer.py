@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..hw.boot import cm4_wait_for_boot, cm7_release_boot
+from ..hw.boot import cm7_release_boot
 from ..ipc import Ipc
 from ..region import Region
-from ._common import CHILD_TIMEOUT, Timeline, print_summary, run_pair
+from ._common import cm4_booted, CHILD_TIMEOUT, Timeline, print_summary, run_pair
 
 __all__ = ["run"]
 
@@ -27,26 +27,18 @@ def _reply(message: bytes) -> bytes:
 def _cm4(region_name: str, origin: float, quiet: bool, results: Any) -> None:
     say = Timeline("CM4", origin, quiet)
     counts: dict[str, Any] = {"received": 0, "replied": 0}
-    try:
-        hw = cm4_wait_for_boot(region_name, timeout=CHILD_TIMEOUT)
+    with cm4_booted(region_name, counts, results) as hw:
         region = hw.region
-        try:
-            with Ipc.attach(region, core="CM4", hardware=hw) as ipc:
-                ipc.start()
-                say(f"boot released; attached {ipc.channels} channel ({ipc.strategy_name} notification)")
-                for _ in range(MESSAGES):
-                    message = ipc.receive(0, timeout=CHILD_TIMEOUT)
-                    counts["received"] += 1
-                    say(f"received {message.decode()!r}; replying")
-                    ipc.send(0, _reply(message), timeout=CHILD_TIMEOUT)
-                    counts["replied"] += 1
-                counts["interrupts"] = ipc.strategy_statistics()["interrupts"]
-        finally:
-            hw.close()
-            region.close()
-    except BaseException as e:  # noqa: BLE001 - reported to the CM7, which prints it
-        counts["error"] = repr(e)
-    results.put(counts)
+        with Ipc.attach(region, core="CM4", hardware=hw) as ipc:
+            ipc.start()
+            say(f"boot released; attached {ipc.channels} channel ({ipc.strategy_name} notification)")
+            for _ in range(MESSAGES):
+                message = ipc.receive(0, timeout=CHILD_TIMEOUT)
+                counts["received"] += 1
+                say(f"received {message.decode()!r}; replying")
+                ipc.send(0, _reply(message), timeout=CHILD_TIMEOUT)
+                counts["replied"] += 1
+            counts["interrupts"] = ipc.strategy_statistics()["interrupts"]
 
 
 def _cm7(region: Region, say: Timeline, start_cm4: Callable[[], None]) -> dict[str, Any]:

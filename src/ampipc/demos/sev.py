@@ -13,9 +13,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ..hw import IRQ_SEV, Core, Hardware
-from ..hw.boot import cm4_wait_for_boot, cm7_release_boot
+from ..hw.boot import cm7_release_boot
 from ..region import Region
-from ._common import CHILD_TIMEOUT, Timeline, print_summary, run_pair
+from ._common import cm4_booted, CHILD_TIMEOUT, Timeline, print_summary, run_pair
 
 __all__ = ["run"]
 
@@ -38,43 +38,35 @@ def _wait_word(core: Core, region: Region, offset: int, value: int) -> int:
 def _cm4(region_name: str, origin: float, quiet: bool, results: Any) -> None:
     say = Timeline("CM4", origin, quiet)
     counts: dict[str, Any] = {"wfe acks": 0, "isr acks": 0}
-    try:
-        hw = cm4_wait_for_boot(region_name, timeout=CHILD_TIMEOUT)
+    with cm4_booted(region_name, counts, results) as hw:
         region = hw.region
-        try:
-            core = hw.core("CM4")
-            base = region.lookup("sev.words").offset
-            m = region.mapping
+        core = hw.core("CM4")
+        base = region.lookup("sev.words").offset
+        m = region.mapping
 
-            def sev_isr(_line: int) -> None:
-                value = m.load_u32(base + _COUNTER2)
-                if value != m.load_u32(base + _ACK2):
-                    m.store_u32(base + _ACK2, value)
-                    counts["isr acks"] += 1
-                    core.sev()
-
-            core.set_event_mask(True)
-            core.set_sev_interrupt_mask(True)
-            core.attach_handler(IRQ_SEV, sev_isr, priority=8)
-            core.start()
-            m.store_u32(base + _READY, 1)
-            say("events and the SEV interrupt unmasked; entering WFE")
-            for i in range(1, ROUNDS + 1):
-                _wait_word(core, region, base + _COUNTER, i)
-                m.store_u32(base + _ACK, i)
-                counts["wfe acks"] += 1
-                say(f"WFE woke: counter {i}; SEV back")
+        def sev_isr(_line: int) -> None:
+            value = m.load_u32(base + _COUNTER2)
+            if value != m.load_u32(base + _ACK2):
+                m.store_u32(base + _ACK2, value)
+                counts["isr acks"] += 1
                 core.sev()
-            deadline = time.monotonic() + CHILD_TIMEOUT
-            while counts["isr acks"] < ROUNDS and time.monotonic() < deadline:
-                time.sleep(0.005)
-            say(f"SEV interrupt handler acknowledged {counts['isr acks']} counters")
-        finally:
-            hw.close()
-            region.close()
-    except BaseException as e:  # noqa: BLE001 - reported to the CM7, which prints it
-        counts["error"] = repr(e)
-    results.put(counts)
+
+        core.set_event_mask(True)
+        core.set_sev_interrupt_mask(True)
+        core.attach_handler(IRQ_SEV, sev_isr, priority=8)
+        core.start()
+        m.store_u32(base + _READY, 1)
+        say("events and the SEV interrupt unmasked; entering WFE")
+        for i in range(1, ROUNDS + 1):
+            _wait_word(core, region, base + _COUNTER, i)
+            m.store_u32(base + _ACK, i)
+            counts["wfe acks"] += 1
+            say(f"WFE woke: counter {i}; SEV back")
+            core.sev()
+        deadline = time.monotonic() + CHILD_TIMEOUT
+        while counts["isr acks"] < ROUNDS and time.monotonic() < deadline:
+            time.sleep(0.005)
+        say(f"SEV interrupt handler acknowledged {counts['isr acks']} counters")
 
 
 def _cm7(region: Region, say: Timeline, start_cm4: Callable[[], None]) -> dict[str, Any]:
