@@ -263,9 +263,16 @@ class Strategy(ABC):
     def install(self) -> None:
         """Replace the local side's completion hooks and register the local interrupt handler."""
 
-    @abstractmethod
     def uninstall(self) -> None:
-        """Undo `install` (idempotent)."""
+        """Undo `install` (idempotent): the default hooks come back, then the interrupt is let go."""
+        if not self.installed:
+            return
+        self._restore_default_hooks()
+        self._release_interrupt()
+        self.installed = False
+
+    def _release_interrupt(self) -> None:  # noqa: B027 - a hook with a default, not an abstract method
+        """Let go of whatever interrupt `install` claimed. Default: none."""
 
     def statistics(self) -> dict[str, int]:
         """What this core's side of the strategy counted (events raised, coalesced, handled, errors...)."""

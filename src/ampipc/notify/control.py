@@ -176,12 +176,8 @@ class ControlStrategy(Strategy):
         self.core.attach_handler(self.options.irq_line, self._isr, priority=5)
         self.installed = True
 
-    def uninstall(self) -> None:
-        if not self.installed:
-            return
-        self._restore_default_hooks()
+    def _release_interrupt(self) -> None:
         self.core.detach_handler(self.options.irq_line)
-        self.installed = False
 
     def overflow_count(self, source: str, destination: str) -> int:
         """The shared count of records that did not fit in that direction's control buffer."""

@@ -25,6 +25,3 @@ class DirectStrategy(Strategy):
         self._restore_default_hooks()
         self.installed = True
 
-    def uninstall(self) -> None:
-        self._restore_default_hooks()
-        self.installed = False

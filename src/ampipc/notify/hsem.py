@@ -91,14 +91,10 @@ class HsemStrategy(Strategy):
         hsem.enable_irq()
         self.installed = True
 
-    def uninstall(self) -> None:
-        if not self.installed:
-            return
-        self._restore_default_hooks()
+    def _release_interrupt(self) -> None:
         hsem = self.core.hsem
         hsem.deactivate_notification(self.incoming_mask)
         hsem.set_free_callback(None)
-        self.installed = False
 
     def _ring(self, sem: int, _buffer: AnyBuffer) -> None:
         hsem = self.core.hsem

@@ -118,12 +118,8 @@ class ToggleStrategy(Strategy):
         self.core.attach_handler(line, self._isr, priority=5)
         self.installed = True
 
-    def uninstall(self) -> None:
-        if not self.installed:
-            return
-        self._restore_default_hooks()
+    def _release_interrupt(self) -> None:
         self.core.detach_handler(self.options.irq_line)
-        self.installed = False
 
     def _raise_event(self, sent_off: int, acked_off: int, bit: int, destination: str, _buffer: AnyBuffer) -> None:
         m = self.region.mapping
