@@ -121,3 +121,14 @@ def test_ns_name_compared_up_to_the_first_nul() -> None:
     assert dev.try_send(0x402, W.RPMSG_NS_ADDR, record)
     [ns] = drv.poll()
     assert (ns.name, ns.addr, ns.destroy) == ("chan", 0x402, True)
+
+
+def test_descriptor_next_chain_is_left_as_openamp_leaves_it() -> None:
+    # OpenAMP chains desc[i].next = i + 1 at ring init and never rewrites next when it adds a
+    # single-descriptor buffer; the bytes of both tables after start-up and a first send match.
+    mem, drv, _dev = core_pair()
+    assert drv.try_send(0x400, 0x400, b"hi")
+    for base in (0x4000, 0x8000):
+        nexts = [u16(mem, base + 16 * i + 14) for i in range(256)]
+        assert nexts == [*range(1, 256), 0], hex(base)
+    assert struct.unpack_from("<QIH", mem, 0x8000) == (0x30000, 512, 0)

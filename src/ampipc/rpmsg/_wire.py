@@ -66,6 +66,7 @@ FEATURE_NS = 1 << VIRTIO_RPMSG_F_NS
 # ---- split ring ---------------------------------------------------------------------------------
 DESC_SIZE = 16
 DESC = struct.Struct("<QIHH")  # addr, len, flags, next
+DESC_HEAD = struct.Struct("<QIH")  # addr, len, flags (next left alone)
 DESC_OFF_ADDR = 0
 DESC_OFF_LEN = 8
 DESC_OFF_FLAGS = 12

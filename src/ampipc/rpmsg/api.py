@@ -360,9 +360,11 @@ class RpmsgDevice:
     def close(self) -> None:
         """Stop the I/O thread and close the transport (no more messages either way)."""
         self._stop.set()
+        # Closed before the join: a callback blocked in a send (waiting for a buffer the peer never
+        # returns) sees the link closed and returns, so the join cannot wait on it.
+        self._mark_closed("closed by the application")
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
-        self._mark_closed("closed by the application")
         self.transport.close()
 
     def __enter__(self) -> Self:

@@ -8,9 +8,11 @@ An endpoint is a local address (``addr``) with an optional peer address (``dest`
 - addresses 0..1023 are reserved; dynamic addresses are ``1024 + first free bit`` of a 128-bit
   map, so the first is 0x400 (each side allocates its own, so both sides' first endpoint is 0x400);
 - a name-service CREATE binds the first local endpoint with the same name (compared up to the
-  first NUL) and no destination yet; with none, it is a *new service* for the application;
+  first NUL) and no destination yet; with none, it is a *new service* for the application,
+  remembered (at most `MAX_UNCLAIMED` names, the oldest forgotten first) for an endpoint created later;
 - a name-service DESTROY unbinds the local endpoint with that name bound to that address;
-- the first data message to an endpoint without a destination binds it to the sender;
+- the first data message to an endpoint without a destination binds it to the sender (unless the
+  sender claims address ANY);
 - a message to an unknown local address is dropped (and counted), its buffer already returned.
 
 The table is plain data guarded by its owner's lock; it never calls user code. `route()` says what
@@ -39,7 +41,18 @@ from ..errors import IpcError, ResourceExhausted
 from ._wire import RPMSG_ADDR_ANY, RPMSG_ADDR_BMP_SIZE, RPMSG_RESERVED_ADDRESSES
 from .rpmsg_virtio import Message, NameService
 
-__all__ = ["Bound", "Delivery", "Dropped", "Endpoint", "EndpointCallback", "EndpointTable", "NewService", "UnbindCallback", "Unbound"]
+__all__ = [
+    "MAX_UNCLAIMED",
+    "Bound",
+    "Delivery",
+    "Dropped",
+    "Endpoint",
+    "EndpointCallback",
+    "EndpointTable",
+    "NewService",
+    "UnbindCallback",
+    "Unbound",
+]
 
 EndpointCallback = Callable[["Endpoint", bytes, int], None]
 UnbindCallback = Callable[["Endpoint"], None]
@@ -211,6 +224,9 @@ class Dropped:
 Routed = Delivery | Bound | Unbound | NewService | Dropped
 
 
+MAX_UNCLAIMED = 256  # announcements remembered for endpoints not made yet; the oldest go first
+
+
 class EndpointTable:
     """The endpoints of one link, by local address."""
 
@@ -258,7 +274,11 @@ class EndpointTable:
                         ept._unbound.clear()
                         ept._bound.set()
                         return Bound(ept, event.addr)
+                self.unclaimed.pop(event.name, None)
                 self.unclaimed[event.name] = event.addr
+                # The peer chooses how many names it announces: the memory they take must not grow with it.
+                while len(self.unclaimed) > MAX_UNCLAIMED:
+                    del self.unclaimed[next(iter(self.unclaimed))]
                 return NewService(event.name, event.addr)
             for ept in self._by_addr.values():
                 if ept.name == event.name and ept.dest == event.addr:
@@ -272,7 +292,7 @@ class EndpointTable:
         target = self._by_addr.get(event.dst)
         if target is None:
             return Dropped(event.dst, f"message from {event.src:#x} to unknown address {event.dst:#x}")
-        if target.dest == RPMSG_ADDR_ANY:
+        if target.dest == RPMSG_ADDR_ANY and event.src != RPMSG_ADDR_ANY:
             target.dest = event.src
             target._bound.set()
         return Delivery(target, event.src, event.payload)

@@ -20,9 +20,12 @@ Rings (OpenAMP's assignment): vring0 carries device -> driver messages, vring1 d
   used with ``len = desc.len``) and consumes vring1 (returning each buffer at once).
 
 Validation: every head, descriptor, used element, header length and name-service record from the
-peer is checked before use (see `virtqueue`). A bad one increments ``statistics.protocol_errors``,
-is logged on the ``ampipc.rpmsg`` logger, and only that message is dropped; the buffer goes back
-to the peer whenever it can be identified. `poll()` and `try_send()` never raise for anything the
+peer is checked before use (see `virtqueue`). A used id named twice in one batch is refused (the
+driver reposts receive buffers only after the batch); a header length is bounded by the layout's
+buffer size whatever the descriptor length; a transmit descriptor too short for a header is
+returned at once; rings overlapping the buffer pool or the table are refused at start. A bad
+value increments ``statistics.protocol_errors``, is logged on the ``ampipc.rpmsg`` logger, and
+only that message is dropped; the buffer goes back to the peer whenever it can be identified. `poll()` and `try_send()` never raise for anything the
 peer wrote.
 """
 
@@ -41,6 +44,7 @@ from ._wire import (
     NS_DESTROY,
     NS_RECORD,
     NS_RECORD_SIZE,
+    RPMSG_ADDR_ANY,
     RPMSG_BUFFER_SIZE,
     RPMSG_HDR,
     RPMSG_HDR_SIZE,
@@ -175,11 +179,29 @@ class RpmsgVirtio:
         return self.buffer_size - RPMSG_HDR_SIZE
 
     # ---- start-up -------------------------------------------------------------------------------
+    def _check_layout(self, table: ResourceTable) -> None:
+        """Refuse a table whose rings overlap the buffer pool or the table itself.
+
+        Overlaps stay inside the shared area, but a message written into a buffer would then
+        rewrite ring words (or the status byte) under the other side's feet.
+        """
+        pool = (self.pool_offset, self.pool_offset + self.pool_size)
+        head = (table.offset, table.offset + table.size)
+        for k, v in enumerate(table.vrings[:2]):
+            g = v.geometry
+            ring = (g.da, g.da + g.size)
+            for what, (lo, hi) in (("the buffer pool", pool), ("the resource table", head)):
+                if ring[0] < hi and lo < ring[1]:
+                    raise ProtocolError(
+                        f"vring{k} at [{ring[0]:#x}, {ring[1]:#x}) overlaps {what} at [{lo:#x}, {hi:#x})"
+                    )
+
     def start_driver(self) -> None:
         """Negotiate, reset the rings, post the receive buffers, set DRIVER_OK."""
         if self.role is not Role.DRIVER:
             raise ValueError("start_driver() is for the driver role")
         table = parse_resource_table(self.window, self.rsc_offset)
+        self._check_layout(table)
         w = self.window
         dfeatures = table.dfeatures
         gfeatures = dfeatures & self.wanted_features
@@ -219,7 +241,9 @@ class RpmsgVirtio:
             raise ValueError("device_ready() is for the device role")
         table = self.table if self.table is not None else parse_resource_table(self.window, self.rsc_offset)
         self.table = table
-        status = self.window.u8(table.status_offset)
+        off = table.status_offset
+        # Acquire: the driver's ring and feature writes precede its release store of the status.
+        status = self.window.load_word(off) & 0xFF if off % 4 == 0 else self.window.u8(off)
         if status & STATUS_NEEDS_RESET:
             self._set_status(table, 0)
             return False
@@ -230,6 +254,7 @@ class RpmsgVirtio:
         if self.role is not Role.DEVICE:
             raise ValueError("start_device() is for the device role")
         table = parse_resource_table(self.window, self.rsc_offset)
+        self._check_layout(table)
         w = self.window
         self.features = w.u32(table.dfeatures_offset) & w.u32(table.gfeatures_offset)
         self.ns_enabled = bool(self.features & FEATURE_NS)
@@ -258,6 +283,8 @@ class RpmsgVirtio:
         return self._more
 
     def _decode(self, addr: int, capacity: int, events: list[Event]) -> None:
+        # A larger descriptor does not make a larger message: the layout's buffer size bounds both.
+        capacity = min(capacity, self.buffer_size)
         if capacity < RPMSG_HDR_SIZE:
             self._error("short-buffer", f"buffer at {addr:#x} of {capacity} bytes cannot hold a header")
             return
@@ -275,6 +302,10 @@ class RpmsgVirtio:
             if ns_flags not in (NS_CREATE, NS_DESTROY):
                 self._error("ns-record", f"name-service flags {ns_flags:#x}")
                 return
+            if ns_addr == RPMSG_ADDR_ANY:
+                # Binding to ANY would mark an endpoint ready while it still has no destination.
+                self._error("ns-record", "name-service record for address ANY")
+                return
             st.ns_received += 1
             events.append(NameService(decode_ns_name(raw_name), ns_addr, ns_flags))
             return
@@ -286,7 +317,9 @@ class RpmsgVirtio:
         rx = self._drv_rx
         assert rx is not None
         events: list[Event] = []
-        reposted = 0
+        # Reposted only after the batch: a head reposted at once would be in flight again, and a
+        # second used element naming it in the same batch would pass for a fresh message.
+        repost: list[tuple[int, int]] = []
         self._more = False
         for _ in range(rx.num):
             try:
@@ -302,11 +335,12 @@ class RpmsgVirtio:
             elif used_len >= RPMSG_HDR_SIZE:
                 self._decode(addr, used_len, events)
             # else: the device handed the buffer back unused (e.g. after refusing it): repost it
-            rx.add(addr, buflen, True, publish=False)
-            reposted += 1
+            repost.append((addr, buflen))
         else:
             self._more = rx.has_used()
-        if reposted:
+        for addr, buflen in repost:
+            rx.add(addr, buflen, True, publish=False)
+        if repost:
             rx.publish()
             if rx.needs_kick():
                 self._kick = True
@@ -421,6 +455,11 @@ class RpmsgVirtio:
             if item is None:
                 return False
             head, addr, length, _flags = item
+            if length < RPMSG_HDR_SIZE:
+                # No message ever fits: keeping it would hold the driver's buffer for nothing.
+                self._error("short-buffer", f"{tx.name}: descriptor {head} of {length} bytes cannot hold a header")
+                tx.put_used(head, 0)
+                continue
             if length >= need:
                 chosen = (head, addr, length)
             else:

@@ -108,6 +108,9 @@ def demo_table(
 # ---- OpenAMP's Linux transport ------------------------------------------------------------------
 
 
+_MAX_KICK_READS = 16
+
+
 class SocketDoorbell:
     """Kicks as bytes on a connected AF_UNIX stream socket."""
 
@@ -144,7 +147,9 @@ class SocketDoorbell:
         if not ready:
             return False
         got = False
-        while True:
+        # Bounded: a peer that writes kicks as fast as they are read must not keep the caller
+        # here; whatever is left is the next call's kick.
+        for _ in range(_MAX_KICK_READS):
             try:
                 data = self._sock.recv(4096)
             except BlockingIOError:

@@ -13,8 +13,10 @@ the buffer address is taken from the record, never re-read from shared memory. I
 descriptors is local too; the ``next`` chain written at reset is only for the peer's benefit.
 
 `DeviceQueue` is the device's half. Every head it reads from the avail ring, and every descriptor
-that head names, is validated (head < num; address and length inside the buffer pool; no
-indirect table) before use.
+that head names, is validated (head < num; not already held, nor returned in a batch not yet
+published, which the driver cannot have seen come back; address and length inside the buffer
+pool; no indirect table) before use. NEXT is never followed: OpenAMP posts one descriptor per
+buffer, so a chain (looping or not) costs nothing.
 
 Both halves track the peer's free-running 16-bit index against their own: the peer may be at
 most ``num`` entries ahead. An index further ahead is corrupt; the queue counts it as a protocol
@@ -37,7 +39,7 @@ from ._window import Window
 from ._wire import (
     AVAIL_F_NO_INTERRUPT,
     AVAIL_OFF_RING,
-    DESC,
+    DESC_HEAD,
     DESC_F_INDIRECT,
     DESC_F_WRITE,
     DESC_SIZE,
@@ -121,7 +123,8 @@ class DriverQueue(_Queue):
         if not self._free:
             raise ResourceExhausted(f"{self.name}: no free descriptor")
         head = self._free.popleft()
-        self.window.pack(DESC, self.desc + head * DESC_SIZE, addr, length, DESC_F_WRITE if writable else 0, 0)
+        # ``next`` keeps the chain written at reset, byte for byte what OpenAMP's driver leaves.
+        self.window.pack(DESC_HEAD, self.desc + head * DESC_SIZE, addr, length, DESC_F_WRITE if writable else 0)
         self.window.put_u16(self.avail_ring + 2 * (self._avail_idx & self.mask), head)
         self._avail_idx = (self._avail_idx + 1) & 0xFFFF
         self._in_flight[head] = (addr, length)
@@ -180,6 +183,9 @@ class DeviceQueue(_Queue):
         self._used_idx = 0
         self._used_flags = 0
         self._held: set[int] = set()
+        # Heads returned but not yet published: the driver cannot have seen them come back, so
+        # one of them offered again before the next publish is a duplicate, not a reuse.
+        self._unpublished: set[int] = set()
 
     def attach(self) -> None:
         """Start from the state the driver left at reset: both indexes 0."""
@@ -187,6 +193,7 @@ class DeviceQueue(_Queue):
         self._used_idx = 0
         self._used_flags = 0
         self._held.clear()
+        self._unpublished.clear()
 
     def set_no_notify(self, on: bool) -> None:
         """Ask the driver not to notify when it makes a buffer available (VRING_USED_F_NO_NOTIFY)."""
@@ -195,6 +202,7 @@ class DeviceQueue(_Queue):
 
     def _publish(self) -> None:
         self.window.store_word(self.used_word, self._used_flags | (self._used_idx & 0xFFFF) << 16)
+        self._unpublished.clear()
 
     def needs_kick(self) -> bool:
         return not (self.window.load_word(self.avail_word) & AVAIL_F_NO_INTERRUPT)
@@ -221,9 +229,9 @@ class DeviceQueue(_Queue):
         head = self.window.u16(self.avail_ring + 2 * slot)
         if head >= self.num:
             raise RingError(f"{self.name}: avail head {head} is out of range (num={self.num})")
-        if head in self._held:
+        if head in self._held or head in self._unpublished:
             raise RingError(f"{self.name}: avail head {head} is already held by the device")
-        addr, length, flags, _next = self.window.unpack(DESC, self.desc + head * DESC_SIZE)
+        addr, length, flags = self.window.unpack(DESC_HEAD, self.desc + head * DESC_SIZE)
         self._held.add(head)
         if flags & DESC_F_INDIRECT:
             raise RingError(f"{self.name}: descriptor {head} is indirect (not negotiated)", head=head)
@@ -244,6 +252,8 @@ class DeviceQueue(_Queue):
         self._used_idx = (self._used_idx + 1) & 0xFFFF
         if publish:
             self._publish()
+        else:
+            self._unpublished.add(head)
 
     def publish(self) -> None:
         self._publish()
