@@ -163,7 +163,7 @@ static int mapping_init(MappingObject *self, PyObject *args, PyObject *kwds) {
     int fd;
     Py_ssize_t size;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "in", kwlist, &fd, &size)) return -1;
-    if (self->base != NULL) {
+    if (self->base != NULL || self->closed) { /* rings were checked against the first mapping */
         PyErr_SetString(PyExc_RuntimeError, "Mapping is already initialised");
         return -1;
     }
@@ -359,6 +359,10 @@ static PyObject *mapping_futex_wait(MappingObject *self, PyObject *args, PyObjec
     if (parse_timeout(timeout_obj, &timeout_ns) < 0) return NULL;
     uint32_t *p = (uint32_t *)mapping_word(self, off, 4);
     if (p == NULL) return NULL;
+    if (expected > 0xFFFFFFFFul) {
+        PyErr_SetString(PyExc_OverflowError, "value does not fit in 32 bits");
+        return NULL;
+    }
     int64_t deadline = timeout_ns < 0 ? -1 : now_ns() + timeout_ns;
     int result = 0;
     self->busy++;
@@ -466,7 +470,7 @@ typedef struct {
     PyObject *guard;        /* bytearray(2): in-process writer / reader busy flags */
     long spin_ns;  /* the configured spin */
     long spin_cur; /* the spin in force: halved after a spin that ended in a sleep, regrown on success */
-    int in_hook;
+    int in_hook; /* bit ROLE_WRITER: in the send hook; bit ROLE_READER: in the receive hook */
     PyObject *weakreflist;
 } RingObject;
 
@@ -592,16 +596,25 @@ static void ring_record_identity(RingObject *r, Py_ssize_t pid_off, Py_ssize_t s
     }
 }
 
-static void ring_call_hook(RingObject *r, PyObject *hook) {
+static void ring_call_hook(RingObject *r, PyObject *hook, int role) {
     /* A hook that raises cannot undo a completed send or receive; its error is reported, not lost. */
-    if (r->in_hook) return; /* recursion guard: a hook sending on its own buffer */
-    r->in_hook = 1;
+    /* Recursion guard (a send hook sending on its own buffer), one per hook: the other role's
+     * hook, run by another thread meanwhile, must still fire. */
+    int bit = 1 << role;
+    if (r->in_hook & bit) return;
+    r->in_hook |= bit;
+    Py_INCREF(hook); /* the hook may replace itself, dropping the buffer's reference */
     PyObject *res = PyObject_CallOneArg(hook, (PyObject *)r);
-    r->in_hook = 0;
-    if (res == NULL)
+    r->in_hook &= ~bit;
+    if (res == NULL && PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
+        /* Ctrl-C must not be swallowed: re-arm SIGINT so it is raised right after this call */
+        PyErr_Clear();
+        PyErr_SetInterrupt();
+    } else if (res == NULL)
         PyErr_WriteUnraisable(hook);
     else
         Py_DECREF(res);
+    Py_DECREF(hook);
 }
 
 /* After `n` bytes (record included) were published: the sbSEND_COMPLETED point. */
@@ -613,14 +626,14 @@ static void ring_send_completed(RingObject *r, uint32_t new_head, uint32_t tail)
     uint32_t trigger = ld32_rlx(h + OFF_TRIGGER);
     if (fill < trigger) return;
     if (r->send_hook != NULL)
-        ring_call_hook(r, r->send_hook);
+        ring_call_hook(r, r->send_hook, ROLE_WRITER);
     else
         ring_wake_if_waiting(r, OFF_RX_WAITING, OFF_HEAD, OFF_WAKES_BY_WRITER);
 }
 
 static void ring_receive_completed(RingObject *r) {
     if (r->receive_hook != NULL)
-        ring_call_hook(r, r->receive_hook);
+        ring_call_hook(r, r->receive_hook, ROLE_READER);
     else
         ring_wake_if_waiting(r, OFF_TX_WAITING, OFF_TAIL, OFF_WAKES_BY_READER);
 }
@@ -840,7 +853,9 @@ static int ring_wait(RingObject *r, int role, uint32_t need, int64_t deadline) {
             continue; /* the index moved but not far enough (trigger level): wait again */
         }
         if (r->peer_check != NULL) {
-            PyObject *res = PyObject_CallFunction(r->peer_check, "i", role);
+            PyObject *check = Py_NewRef(r->peer_check); /* it may replace itself */
+            PyObject *res = PyObject_CallFunction(check, "i", role);
+            Py_DECREF(check);
             if (res == NULL) {
                 result = -1;
                 goto out;
@@ -950,7 +965,9 @@ static PyObject *message_send_impl(RingObject *r, PyObject *data, int64_t timeou
         int w = ring_wait(r, ROLE_WRITER, n + PREFIX_SIZE, deadline);
         if (w < 0) break;
         if (w == 0) {
-            /* one last attempt: the space may have come free as the deadline passed */
+            /* one last attempt: the space may have come free as the deadline passed; the region
+             * may also have been closed (and unmapped) meanwhile */
+            if (ring_open(r) < 0) break;
             k = op_message_send(r, (const unsigned char *)v.buf, n);
             if (k == 1) ret = Py_NewRef(Py_None);
             else if (k == 0) raise_timeout(r, "send");
