@@ -584,7 +584,8 @@ static int ring_wake_if_waiting(RingObject *r, Py_ssize_t flag_off, Py_ssize_t w
     if (ld32_rlx(h + flag_off) == 0) return 0;
     if (__atomic_exchange_n((uint32_t *)(h + flag_off), 0, __ATOMIC_SEQ_CST) == 0) return 0;
     sys_futex(h + word_off, FUTEX_WAKE, INT_MAX, NULL);
-    bump64(h + stat_off, 1);
+    /* atomic: the FromISR helpers count here too, from the other side's process */
+    __atomic_fetch_add((uint64_t *)(h + stat_off), 1, __ATOMIC_RELAXED);
     return 1;
 }
 
@@ -904,6 +905,13 @@ static int refuse_in_isr(RingObject *r, int64_t timeout_ns, const char *what) {
     return 0;
 }
 
+/* A blocked reader is woken only by the send hook, which fires once the trigger level is reached
+ * (FreeRTOS); so it waits for that many bytes, or its deadline, then takes what there is. */
+static uint32_t ring_trigger(RingObject *r) {
+    uint32_t trigger = ld32_rlx(ring_hdr(r) + OFF_TRIGGER);
+    return (trigger == 0 || trigger >= r->length) ? 1 : trigger;
+}
+
 static int64_t deadline_from(int64_t timeout_ns) { return timeout_ns < 0 ? -1 : now_ns() + timeout_ns; }
 
 static PyObject *raise_timeout(RingObject *r, const char *what) {
@@ -1043,7 +1051,7 @@ static PyObject *message_receive_impl(RingObject *r, int64_t timeout_ns, int rai
             ret = raise_on_empty ? raise_timeout(r, "receive") : Py_NewRef(Py_None);
             break;
         }
-        int w = ring_wait(r, ROLE_READER, 1, deadline);
+        int w = ring_wait(r, ROLE_READER, ring_trigger(r), deadline);
         if (w < 0) break;
         if (w == 0) last = 1;
         if (ring_open(r) < 0) break;
@@ -1134,9 +1142,7 @@ static PyObject *stream_read_impl(RingObject *r, unsigned char *dst, uint32_t ma
                 break;
             }
             if (k == 1 || timeout_ns == 0 || last) break;
-            uint32_t trigger = ld32_rlx(ring_hdr(r) + OFF_TRIGGER);
-            if (trigger == 0 || trigger >= r->length) trigger = 1;
-            int w = ring_wait(r, ROLE_READER, trigger, deadline);
+            int w = ring_wait(r, ROLE_READER, ring_trigger(r), deadline);
             if (w < 0 || ring_open(r) < 0) {
                 err = 1;
                 break;

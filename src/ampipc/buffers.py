@@ -8,6 +8,10 @@ classes add creation, attachment, statistics and the liveness check. Semantics f
 (xLength = size + 1, one byte always kept free) and each message carries a 4-byte little-endian
 length prefix, so a 10-byte message takes 14 bytes.
 
+`reset()` empties the buffer only while nobody is blocked on it, as in FreeRTOS; like FreeRTOS on
+two cores, it must not race with an operation in progress on the other side (it cannot see a peer
+that is mid-call without being blocked), so reset only a buffer whose peer is idle.
+
 Single writer, single reader. The writer alone moves ``head``, the reader alone moves ``tail``;
 each copies first and publishes its index once, so a message is received whole or not at all,
 even if the writer dies mid-write. Within one process a second concurrent writer (or reader)
@@ -174,9 +178,11 @@ class MessageBuffer(_BufferBase, _native.MessageRing):
 class StreamBuffer(_BufferBase, _native.StreamRing):
     """A FreeRTOS stream buffer in shared memory: a byte stream with a trigger level.
 
-    ``write(data, timeout=None)`` writes what fits, waits for room for the rest until the timeout,
-    and returns the count written (as xStreamBufferSend; data longer than the capacity is written
-    in pieces as the reader makes room). ``read(max_bytes, timeout=None)`` returns what is there at
+    ``write(data, timeout=None)`` writes what fits at once, waits for room for the rest until the
+    timeout, and returns the count written. (xStreamBufferSend instead waits until all of it fits,
+    capped at the capacity, and then writes once; the count returned is the same whenever the data
+    fits within the timeout, and ampipc also writes data longer than the capacity, in pieces as the
+    reader makes room.) ``read(max_bytes, timeout=None)`` returns what is there at
     once if anything is; on an empty buffer it waits until `trigger_level` bytes are there or the
     timeout, then returns what there is (possibly b""). ``try_write`` and ``try_read`` never wait.
     """
