@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 
 from ..errors import IpcError, NoBuffer, PeerDied
+from ..region import Region
 from ._wire import (
     DEMO_SHM_NAME,
     DEMO_SHM_SIZE,
@@ -52,7 +53,7 @@ from .endpoints import (
     Unbound,
 )
 from .rpmsg_virtio import LinkStatistics, Role, RpmsgVirtio
-from .transports import LinuxTransport, RegionTransport, Transport
+from .transports import Doorbell, LinuxTransport, RegionTransport, Transport
 
 __all__ = [
     "RPMSG_MASTER",
@@ -393,7 +394,7 @@ def open_linux(
 
 
 def open_region(
-    region: Any,
+    region: Region,
     name: str,
     role: Role | str,
     *,
@@ -401,7 +402,7 @@ def open_region(
     num: int = 64,
     align: int = 16,
     open_timeout: float | None = 60.0,
-    doorbell_factory: Any = None,
+    doorbell_factory: Callable[[RegionTransport], Doorbell] | None = None,
     **kwargs: Any,
 ) -> RpmsgDevice:
     """A link in the object ``name`` of an ampipc Region; ``create`` allocates it and writes the table."""

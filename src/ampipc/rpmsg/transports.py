@@ -40,6 +40,7 @@ from typing import Protocol
 from .. import _native
 from ..errors import IpcError, ObjectNotFound, ProtocolError
 from ..liveness import current_token, is_alive
+from ..region import Region
 from ._window import Window
 from ._wire import (
     DEMO_POOL_OFFSET,
@@ -450,7 +451,7 @@ class RegionTransport:
 
     def __init__(
         self,
-        region: object,
+        region: Region,
         name: str,
         role: Role | str,
         *,
@@ -458,7 +459,7 @@ class RegionTransport:
         num: int = 64,
         align: int = 16,
         buffer_size: int = RPMSG_BUFFER_SIZE,
-        doorbell_factory: object = None,
+        doorbell_factory: Callable[[RegionTransport], Doorbell] | None = None,
     ) -> None:
         self.region = region
         self.name = name
@@ -472,7 +473,7 @@ class RegionTransport:
         self.pool_offset = 0
         self.pool_size = 0
         self.object_offset = 0
-        self.description = f"region {getattr(region, 'name', '?')}/{name}"
+        self.description = f"region {region.name}/{name}"
         self._doorbell_factory = doorbell_factory
         self._view: memoryview | None = None
         self._window: Window | None = None
@@ -492,18 +493,18 @@ class RegionTransport:
 
     @property
     def mapping(self) -> _native.Mapping:
-        return self.region.mapping  # type: ignore[attr-defined, no-any-return]
+        return self.region.mapping
 
     def open(self, timeout: float | None = None) -> None:
         region = self.region
         deadline = None if timeout is None else time.monotonic() + timeout
         if self.create:
             vring0, vring1, pool, pool_size, size = _region_layout(self.num, self.align, self.buffer_size)
-            off = region.allocate(self.name, "rpmsg", size)  # type: ignore[attr-defined]
+            off = region.allocate(self.name, "rpmsg", size)
         else:
             while True:
                 try:
-                    entry = region.lookup(self.name, "rpmsg")  # type: ignore[attr-defined]
+                    entry = region.lookup(self.name, "rpmsg")
                     off, size = entry.offset, entry.size
                     break
                 except ObjectNotFound:
@@ -512,7 +513,7 @@ class RegionTransport:
                     time.sleep(0.005)
         m = self.mapping
         self.object_offset = off
-        whole: memoryview = region.view  # type: ignore[attr-defined]
+        whole: memoryview = region.view
         self._view = whole[off : off + size]
         whole.release()  # the slice keeps the buffer export alive on its own
         self._window = Window(self._view, m, off)
@@ -553,7 +554,7 @@ class RegionTransport:
             return peer, m.load_u64(off + peer_start)
 
         if self._doorbell_factory is not None:
-            self._doorbell = self._doorbell_factory(self)  # type: ignore[operator]
+            self._doorbell = self._doorbell_factory(self)
         else:
             mine, theirs = (
                 (_OFF_BELL_TO_DRIVER, _OFF_BELL_TO_DEVICE) if self.role is Role.DRIVER else (_OFF_BELL_TO_DEVICE, _OFF_BELL_TO_DRIVER)
