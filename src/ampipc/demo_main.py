@@ -102,19 +102,24 @@ def run(*, frames: int = 20_000, quiet: bool = False, out: Callable[[str], None]
         elapsed = time.perf_counter() - start
         out_stats, in_stats = tx.statistics(), rx.statistics()
         rtts.sort()
+        ok = errors == 0 and answered == frames and cm4.exitcode == 0
+        rows = {
+            "frames sent by the CM7": out_stats.messages_sent - 1,
+            "answers received by the CM7": in_stats.messages_received - 1,
+            "wrong or out-of-order answers": errors,
+            "CM7 blocked on a full buffer": f"{out_stats.send_waits} times",
+            "CM4 blocked on an empty one": f"{out_stats.receive_waits} times",
+            "peak fill cm7_to_cm4": f"{out_stats.peak_fill} of {tx.capacity} bytes",
+            "wake-ups CM7->CM4 / CM4->CM7": f"{out_stats.reader_wakeups} / {in_stats.reader_wakeups}",
+            "CM4 exit code": cm4.exitcode,
+            "elapsed": f"{elapsed:.2f} s ({2 * frames / elapsed:,.0f} messages/s)",
+            "result": "OK" if ok else "FAILED",
+        }
+        width = max(map(len, rows))
         say("")
         say("summary")
-        say(f"  frames sent by the CM7        {out_stats.messages_sent - 1}")
-        say(f"  answers received by the CM7   {in_stats.messages_received - 1}")
-        say(f"  wrong or out-of-order answers {errors}")
-        say(f"  CM7 blocked on a full buffer  {out_stats.send_waits} times")
-        say(f"  CM4 blocked on an empty one   {out_stats.receive_waits} times")
-        say(f"  peak fill cm7_to_cm4          {out_stats.peak_fill} of {tx.capacity} bytes")
-        say(f"  wake-ups CM7->CM4 / CM4->CM7  {out_stats.reader_wakeups} / {in_stats.reader_wakeups}")
-        say(f"  CM4 exit code                 {cm4.exitcode}")
-        say(f"  elapsed                       {elapsed:.2f} s ({2 * frames / elapsed:,.0f} messages/s)")
-        ok = errors == 0 and answered == frames and cm4.exitcode == 0
-        say("  result                        " + ("OK" if ok else "FAILED"))
+        for key, value in rows.items():
+            say(f"  {key:<{width}}  {value}")
         return 0 if ok else 1
 
 
