@@ -9,15 +9,16 @@ import os
 import random
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from ampipc import Region
+from ampipc.hw import Hardware
 from ampipc.rpmsg import Endpoint, RpmsgDevice, open_region
 from ampipc.rpmsg._window import Window
 from ampipc.rpmsg.echo import run_echo_device
 from ampipc.rpmsg.rpmsg_virtio import Role, RpmsgVirtio
-from ampipc.rpmsg.transports import demo_table
+from ampipc.rpmsg.transports import HsemDoorbell, RegionTransport, demo_table
 
 POOL = (0x10000, 0x40000)
 SHM_SIZE = 0x80000
@@ -120,7 +121,14 @@ def socket_dir() -> Iterator[str]:
 # ---- child-process targets ------------------------------------------------------------------
 
 
-def region_echo_device(region_name: str, link: str, service: str) -> None:
+def hsem_doorbell(hw: Hardware, core_name: str) -> Callable[[RegionTransport], HsemDoorbell]:
+    """The HSEM doorbell of one side: the CM7 (driver) rings semaphore 1 and listens on 2, the CM4 the reverse."""
+    ring, listen = (1, 2) if core_name == "CM7" else (2, 1)
+    core = hw.core(core_name)
+    return lambda transport: HsemDoorbell(core, ring, listen, transport.peer_watch)
+
+
+def region_echo_device(region_name: str, link: str, service: str, doorbell: str = "futex") -> None:
     """Attach to the region, play the device, echo every message until the peer unbinds."""
     with Region.attach(region_name) as region:
         done = threading.Event()
@@ -128,7 +136,9 @@ def region_echo_device(region_name: str, link: str, service: str) -> None:
         def echo(ept: Endpoint, data: bytes, src: int) -> None:
             ept.send_to(src, data)
 
-        device = open_region(region, link, "device", create=False, open_timeout=60)
+        hw = Hardware.attach(region) if doorbell == "hsem" else None
+        factory = hsem_doorbell(hw, "CM4") if hw is not None else None
+        device = open_region(region, link, "device", create=False, open_timeout=60, doorbell_factory=factory)
         try:
             device.create_endpoint(service, echo, on_unbind=lambda ept: done.set())
             while not done.wait(0.05):
@@ -138,6 +148,8 @@ def region_echo_device(region_name: str, link: str, service: str) -> None:
                 raise SystemExit(4)
         finally:
             device.close()
+            if hw is not None:
+                hw.close()
 
 
 def linux_echo_device(shm_name: str, socket_path: str) -> None:

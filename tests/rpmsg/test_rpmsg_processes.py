@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from ampipc import Region
+from ampipc.hw import Hardware
 from ampipc.errors import PeerDied
 from ampipc.rpmsg import DEMO_CHANNEL, open_linux, open_region
 from ampipc.rpmsg.demo import run_demo
@@ -17,6 +18,7 @@ from ._support import (
     linux_echo_device,
     linux_echo_driver,
     payload,
+    hsem_doorbell,
     region_echo_device,
     socket_dir,
 )
@@ -35,10 +37,13 @@ def echo_many(ept, count: int, seed: int) -> int:  # type: ignore[no-untyped-def
     return len(sizes)
 
 
-def test_region_transport_two_processes(make_region: Callable[..., Region], spawn) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("doorbell", ["futex", "hsem"])
+def test_region_transport_two_processes(make_region: Callable[..., Region], spawn, doorbell: str) -> None:  # type: ignore[no-untyped-def]
     region = make_region(1 << 20)
-    child = spawn(region_echo_device, region.name, "link0", "echo")
-    host = open_region(region, "link0", "driver", create=True, open_timeout=60)
+    hw = Hardware.create(region)
+    factory = hsem_doorbell(hw, "CM7") if doorbell == "hsem" else None
+    child = spawn(region_echo_device, region.name, "link0", "echo", doorbell)
+    host = open_region(region, "link0", "driver", create=True, open_timeout=60, doorbell_factory=factory)
     try:
         ept = host.create_endpoint("echo")
         ept.wait_bound(60)
@@ -47,8 +52,12 @@ def test_region_transport_two_processes(make_region: Callable[..., Region], spaw
         assert spawn.join(child, 60) == 0
         assert host.statistics.protocol_errors == 0
         assert host.statistics.messages_received == ECHOES
+        if doorbell == "hsem":
+            # the kicks really travelled as HSEM free interrupts
+            assert hw.core("CM7").statistics().handlers_run > 0
     finally:
         host.close()
+        hw.close()
 
 
 def test_linux_transport_two_processes_against_the_echo_program(unique_name, spawn) -> None:  # type: ignore[no-untyped-def]

@@ -46,6 +46,8 @@ from .rsc_table import (
 from .transports import (
     Doorbell,
     FutexDoorbell,
+    HsemDoorbell,
+    PeerWatch,
     LinuxTransport,
     RegionTransport,
     SocketDoorbell,
@@ -67,6 +69,8 @@ __all__ = [
     "Endpoint",
     "EndpointCallback",
     "FutexDoorbell",
+    "HsemDoorbell",
+    "PeerWatch",
     "LinkStatistics",
     "LinuxTransport",
     "MX_OPENAMP_Init",

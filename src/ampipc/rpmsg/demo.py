@@ -4,8 +4,10 @@ The CM7 process is the RPMsg host (VIRTIO driver); the CM4 process is the remote
 As in ST's examples (AN5617 §4.1): the remote creates its endpoint, which announces it by name;
 the host's new-service callback creates the host endpoint bound to the announced address; the
 host sends, the remote echoes, and when the host destroys its endpoint the remote's unbind
-callback ends it. The parent process owns the region; each core reports timestamped events,
-printed at the end as one timeline with the counts of both sides.
+callback ends it. Kicks travel as HSEM "free" interrupts, one semaphore per direction (a
+mailbox over the hardware semaphores, as OpenAMP uses on the H7). The parent process owns the
+region and the virtual hardware; each core reports timestamped events, printed at the end as one
+timeline with the counts of both sides.
 """
 
 from __future__ import annotations
@@ -14,17 +16,26 @@ import multiprocessing as mp
 import os
 import queue
 import time
+from collections.abc import Callable
 from typing import Any
 
+from ..hw import Hardware
 from ..region import Region
 from .api import RpmsgDevice, open_region
 from .endpoints import Endpoint
-from .transports import region_object_size
+from .transports import HsemDoorbell, RegionTransport, region_object_size
 
 __all__ = ["run_demo"]
 
 _SERVICE = "rpmsg-openamp-demo-channel"
 _LINK = "openamp"
+_HSEM_CM7_TO_CM4 = 0
+_HSEM_CM4_TO_CM7 = 1
+
+
+def _mailbox(hw: Hardware, core: str) -> Callable[[RegionTransport], HsemDoorbell]:
+    ring, listen = (_HSEM_CM7_TO_CM4, _HSEM_CM4_TO_CM7) if core == "CM7" else (_HSEM_CM4_TO_CM7, _HSEM_CM7_TO_CM4)
+    return lambda transport: HsemDoorbell(hw.core(core), ring, listen, transport.peer_watch)
 
 
 def _report(events: Any, core: str, text: str) -> None:
@@ -32,9 +43,11 @@ def _report(events: Any, core: str, text: str) -> None:
 
 
 def _cm4_remote(region_name: str, events: Any, timeout: float) -> None:
-    with Region.attach(region_name) as region:
+    with Region.attach(region_name) as region, Hardware.attach(region) as hw:
         _report(events, "CM4", "MX_OPENAMP_Init(RPMSG_REMOTE): waiting for DRIVER_OK")
-        device = open_region(region, _LINK, "device", create=False, open_timeout=timeout)
+        device = open_region(
+            region, _LINK, "device", create=False, open_timeout=timeout, doorbell_factory=_mailbox(hw, "CM4")
+        )
         try:
             _report(events, "CM4", f"link up: features {device.features:#x}, name service {'on' if device.ns_enabled else 'off'}")
             done: list[bool] = []
@@ -60,14 +73,15 @@ def _cm4_remote(region_name: str, events: Any, timeout: float) -> None:
                 events,
                 "CM4",
                 f"done: echoed {echoed[0]}, received {st.messages_received}, kicks sent {st.kicks_sent}/received "
-                f"{st.kicks_received}, protocol errors {st.protocol_errors}",
+                f"{st.kicks_received}, HSEM interrupts {hw.core('CM4').statistics().handlers_run}, "
+                f"protocol errors {st.protocol_errors}",
             )
         finally:
             device.close()
 
 
 def _cm7_host(region_name: str, events: Any, count: int, timeout: float) -> None:
-    with Region.attach(region_name) as region:
+    with Region.attach(region_name) as region, Hardware.attach(region) as hw:
         bound: list[Endpoint] = []
 
         def on_new_service(device: RpmsgDevice, name: str, addr: int) -> None:
@@ -76,7 +90,11 @@ def _cm7_host(region_name: str, events: Any, count: int, timeout: float) -> None
             _report(events, "CM7", f"host endpoint {bound[0].addr:#x} bound to {addr:#x}")
 
         _report(events, "CM7", "MX_OPENAMP_Init(RPMSG_MASTER): resource table, vrings, buffers, DRIVER_OK")
-        device = open_region(region, _LINK, "driver", create=True, open_timeout=timeout, on_new_service=on_new_service)
+        _report(events, "CM7", f"mailbox: HSEM {_HSEM_CM7_TO_CM4} rings the CM4, HSEM {_HSEM_CM4_TO_CM7} the CM7")
+        device = open_region(
+            region, _LINK, "driver", create=True, open_timeout=timeout, on_new_service=on_new_service,
+            doorbell_factory=_mailbox(hw, "CM7"),
+        )
         ok = bad = 0
         try:
             deadline = time.monotonic() + timeout
@@ -105,7 +123,8 @@ def _cm7_host(region_name: str, events: Any, count: int, timeout: float) -> None
                 events,
                 "CM7",
                 f"done: sent {st.messages_sent}, received {st.messages_received}, kicks sent {st.kicks_sent}/received "
-                f"{st.kicks_received}, protocol errors {st.protocol_errors}",
+                f"{st.kicks_received}, HSEM interrupts {hw.core('CM7').statistics().handlers_run}, "
+                f"protocol errors {st.protocol_errors}",
             )
         finally:
             device.close()
@@ -118,7 +137,7 @@ def run_demo(count: int = 1000, timeout: float = 30.0) -> int:
     name = f"ampipc-demo-openamp-{os.getpid()}"
     events = ctx.Queue()
     size = region_object_size() + (1 << 20)
-    with Region.create(name, size, replace_stale=True) as _region:
+    with Region.create(name, size, replace_stale=True) as region, Hardware.create(region):
         remote = ctx.Process(target=_cm4_remote, args=(name, events, timeout), name="CM4")
         host = ctx.Process(target=_cm7_host, args=(name, events, count, timeout), name="CM7")
         t0 = time.monotonic()

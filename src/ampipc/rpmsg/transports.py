@@ -39,6 +39,7 @@ from typing import Protocol
 
 from .. import _native
 from ..errors import IpcError, ObjectNotFound, ProtocolError
+from ..hw import Core
 from ..liveness import current_token, is_alive
 from ..region import Region
 from ._window import Window
@@ -65,6 +66,8 @@ from .rsc_table import VringEntry, build_resource_table
 __all__ = [
     "Doorbell",
     "FutexDoorbell",
+    "HsemDoorbell",
+    "PeerWatch",
     "LinuxTransport",
     "RegionTransport",
     "SocketDoorbell",
@@ -374,12 +377,30 @@ def region_object_size(num: int = 64, align: int = 16, buffer_size: int = RPMSG_
     return _region_layout(num, align, buffer_size)[4]
 
 
-class FutexDoorbell:
-    """The direct doorbell: a counter word per direction, futex wake only when the peer sleeps.
+class PeerWatch:
+    """Whether the peer still runs: ``peer_token`` returns its liveness token ((0, 0) until it
+    has attached), checked at most every half second; once gone, always gone."""
 
-    ``peer_token``, if given, returns the peer's liveness token ((0, 0) until it has attached);
-    `peer_gone` checks it at most every half second.
-    """
+    def __init__(self, peer_token: Callable[[], tuple[int, int]] | None = None) -> None:
+        self._peer_token = peer_token
+        self._gone = False
+        self._next_check = 0.0
+
+    @property
+    def gone(self) -> bool:
+        if self._gone or self._peer_token is None:
+            return self._gone
+        now = time.monotonic()
+        if now >= self._next_check:
+            self._next_check = now + 0.5
+            pid, start = self._peer_token()
+            if pid and not is_alive(pid, start):
+                self._gone = True
+        return self._gone
+
+
+class FutexDoorbell:
+    """The direct doorbell: a counter word per direction, futex wake only when the peer sleeps."""
 
     def __init__(
         self,
@@ -392,21 +413,11 @@ class FutexDoorbell:
         self._ring = ring_offset  # the peer's counter (and +4: its waiting flag)
         self._wait = wait_offset  # our counter (and +4: our waiting flag)
         self._seen = mapping.load_u32(wait_offset)
-        self._peer_token = peer_token
-        self._gone = False
-        self._next_check = 0.0
+        self._watch = PeerWatch(peer_token)
 
     @property
     def peer_gone(self) -> bool:
-        if self._gone or self._peer_token is None:
-            return self._gone
-        now = time.monotonic()
-        if now >= self._next_check:
-            self._next_check = now + 0.5
-            pid, start = self._peer_token()
-            if pid and not is_alive(pid, start):
-                self._gone = True
-        return self._gone
+        return self._watch.gone
 
     def ring(self) -> None:
         m = self._m
@@ -438,6 +449,58 @@ class FutexDoorbell:
 
     def close(self) -> None:
         pass
+
+
+class HsemDoorbell:
+    """A doorbell over the virtual hardware semaphores, as OpenAMP's mailbox works on the STM32H7.
+
+    Ringing pulses the semaphore the peer core listens on (1-step take, then release: the HSEM
+    "free" event); the peer's HSEM interrupt, run by its core's dispatcher, calls the free
+    callback, which re-activates the notification (the HAL's IRQ handler disabled it) and sets
+    the event the waiter sleeps on. While the doorbell is open it owns this core's HSEM free
+    callback in this process. A lost interrupt costs latency only: the RPMsg I/O loop rescans
+    the rings after every bounded wait.
+    """
+
+    def __init__(self, core: Core, ring_sem: int, listen_sem: int, peer_watch: PeerWatch | None = None) -> None:
+        if ring_sem == listen_sem:
+            raise ValueError("the two directions need two semaphores")
+        self._core = core
+        self._ring_sem = ring_sem
+        self._listen_mask = 1 << listen_sem
+        self._event = threading.Event()
+        self._watch = peer_watch or PeerWatch()
+        hsem = core.hsem
+        hsem.set_free_callback(self._on_free)
+        hsem.enable_irq()
+        hsem.activate_notification(self._listen_mask)
+        core.start()
+
+    def _on_free(self, mask: int) -> None:
+        if mask & self._listen_mask:
+            self._core.hsem.activate_notification(self._listen_mask)
+            self._event.set()
+
+    @property
+    def peer_gone(self) -> bool:
+        return self._watch.gone
+
+    def ring(self) -> None:
+        hsem = self._core.hsem
+        if hsem.fast_take(self._ring_sem):
+            hsem.release(self._ring_sem, 0)
+
+    def wait(self, timeout: float) -> bool:
+        if not self._event.is_set() and (timeout <= 0 or not self._event.wait(timeout)):
+            return False
+        # Cleared before the caller rescans: a ring that lands after this is seen next time.
+        self._event.clear()
+        return True
+
+    def close(self) -> None:
+        hsem = self._core.hsem
+        hsem.deactivate_notification(self._listen_mask)
+        hsem.set_free_callback(None)
 
 
 class RegionTransport:
@@ -475,6 +538,7 @@ class RegionTransport:
         self.object_offset = 0
         self.description = f"region {region.name}/{name}"
         self._doorbell_factory = doorbell_factory
+        self.peer_watch = PeerWatch()  # replaced by one watching the peer once the link is open
         self._view: memoryview | None = None
         self._window: Window | None = None
         self._doorbell: Doorbell | None = None
@@ -553,6 +617,7 @@ class RegionTransport:
             peer = m.load_u32(off + peer_pid)
             return peer, m.load_u64(off + peer_start)
 
+        self.peer_watch = PeerWatch(peer_token)
         if self._doorbell_factory is not None:
             self._doorbell = self._doorbell_factory(self)
         else:
