@@ -118,6 +118,25 @@ def socket_dir() -> Iterator[str]:
         os.rmdir(path)
 
 
+class NoLink:
+    """A link that refuses to send: endpoint-table tests run without a transport."""
+
+    def _send(self, *a: object) -> bool:
+        raise AssertionError
+
+    def _destroy_endpoint(self, endpoint: Endpoint) -> None:
+        pass
+
+    def _wait_slice(self, endpoint: Endpoint, timeout: float) -> None:
+        pass
+
+    def _check_open(self) -> None:
+        pass
+
+    def _wait_event(self, event: object, timeout: float) -> bool:
+        return False
+
+
 # ---- child-process targets ------------------------------------------------------------------
 
 

@@ -27,7 +27,7 @@ from ampipc.rpmsg.endpoints import MAX_UNCLAIMED, Endpoint, EndpointTable, NewSe
 from ampipc.rpmsg.rpmsg_virtio import Message, Role, RpmsgVirtio
 from ampipc.rpmsg.transports import LinuxTransport, SocketDoorbell, demo_table
 
-from ._support import POOL, SHM_SIZE, EventDoorbell, LoopbackTransport, core_pair, socket_dir
+from ._support import POOL, SHM_SIZE, EventDoorbell, LoopbackTransport, NoLink, core_pair, socket_dir
 
 VRING0_USED_RING = 0x6004
 VRING1_DESC = 0x8000
@@ -139,23 +139,6 @@ def test_rings_overlapping_the_pool_or_the_table_are_refused(role: Role, vring0_
 # ---- name service: address ANY, floods of names ----------------------------------------------
 
 
-class _NoLink:
-    def _send(self, *a: object) -> bool:
-        raise AssertionError
-
-    def _destroy_endpoint(self, endpoint: Endpoint) -> None:
-        pass
-
-    def _wait_slice(self, endpoint: Endpoint, timeout: float) -> None:
-        pass
-
-    def _check_open(self) -> None:
-        pass
-
-    def _wait_event(self, event: object, timeout: float) -> bool:
-        return False
-
-
 def test_name_service_for_address_any_is_refused() -> None:
     _mem, drv, dev = core_pair()
     assert dev.try_send(0x400, W.RPMSG_NS_ADDR, W.NS_RECORD.pack(b"svc", RPMSG_ADDR_ANY, W.NS_CREATE))
@@ -165,7 +148,7 @@ def test_name_service_for_address_any_is_refused() -> None:
 
 def test_a_message_from_address_any_does_not_half_bind_an_endpoint() -> None:
     table = EndpointTable()
-    ept = Endpoint(_NoLink(), "svc", table.allocate_address(), RPMSG_ADDR_ANY, None, None)
+    ept = Endpoint(NoLink(), "svc", table.allocate_address(), RPMSG_ADDR_ANY, None, None)
     table.add(ept)
     table.route(Message(RPMSG_ADDR_ANY, ept.addr, b"hi"))
     assert not ept.is_bound and not ept._bound.is_set()

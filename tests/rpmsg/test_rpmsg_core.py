@@ -19,7 +19,7 @@ from ampipc.rpmsg.endpoints import (
 )
 from ampipc.rpmsg.rpmsg_virtio import Message, NameService
 
-from ._support import core_pair, payload
+from ._support import NoLink, core_pair, payload
 
 
 def test_echo_every_size_both_directions() -> None:
@@ -53,7 +53,7 @@ def test_driver_buffer_exhaustion_and_recovery() -> None:
     assert sent == 256  # one per vring1 descriptor (the TX half of the pool)
     got = dev.poll()
     assert [int.from_bytes(m.payload, "little") for m in got] == list(range(256))  # type: ignore[union-attr]
-    for i in range(256):  # every buffer came back and is reused
+    for _ in range(256):  # every buffer came back and is reused
         assert drv.try_send(0x400, 0x400, b"again")
     assert not drv.try_send(0x400, 0x400, b"full")
     assert len(dev.poll()) == 256
@@ -77,26 +77,9 @@ def test_name_service_create_and_destroy_events() -> None:
     assert drv.statistics.ns_received == 2 and dev.statistics.ns_sent == 2
 
 
-class _NoLink:
-    def _send(self, *a: object) -> bool:
-        raise AssertionError
-
-    def _destroy_endpoint(self, endpoint: Endpoint) -> None:
-        pass
-
-    def _wait_slice(self, endpoint: Endpoint, timeout: float) -> None:
-        pass
-
-    def _check_open(self) -> None:
-        pass
-
-    def _wait_event(self, event: object, timeout: float) -> bool:
-        return False
-
-
 def test_endpoint_table_binding_rules() -> None:
     table = EndpointTable()
-    link = _NoLink()
+    link = NoLink()
     a = Endpoint(link, "svc", table.allocate_address(), RPMSG_ADDR_ANY, None, None)  # type: ignore[arg-type]
     table.add(a)
     b = Endpoint(link, "", table.allocate_address(), RPMSG_ADDR_ANY, None, None)  # type: ignore[arg-type]

@@ -35,7 +35,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from .. import _native
 from ..errors import IpcError, ObjectNotFound, ProtocolError
@@ -181,7 +181,29 @@ def _shm_name(name: str) -> str:
     return name if name.startswith("/") else "/" + name
 
 
-class LinuxTransport:
+_D = TypeVar("_D", bound=Doorbell)
+
+
+class _Opened(Generic[_D]):
+    """The window on the shared memory and the doorbell a transport holds while it is open."""
+
+    _window: Window | None
+    _doorbell: _D | None
+
+    @property
+    def window(self) -> Window:
+        if self._window is None:
+            raise IpcError("the transport is not open")
+        return self._window
+
+    @property
+    def doorbell(self) -> _D:
+        if self._doorbell is None:
+            raise IpcError("the transport is not open")
+        return self._doorbell
+
+
+class LinuxTransport(_Opened[SocketDoorbell]):
     """OpenAMP's Linux two-process transport (shm file + UNIX-socket kicks), either role.
 
     ``server`` defaults to True for the device, as in OpenAMP's echo demo (the server writes the
@@ -223,18 +245,6 @@ class LinuxTransport:
         self._listener: socket.socket | None = None
         self._closing = threading.Event()
         self._bound_socket = False
-
-    @property
-    def window(self) -> Window:
-        if self._window is None:
-            raise IpcError("the transport is not open")
-        return self._window
-
-    @property
-    def doorbell(self) -> SocketDoorbell:
-        if self._doorbell is None:
-            raise IpcError("the transport is not open")
-        return self._doorbell
 
     def _map(self) -> None:
         fd = _native.shm_open(self.shm_name, os.O_RDWR | os.O_CREAT, 0o600)
@@ -503,7 +513,7 @@ class HsemDoorbell:
         hsem.set_free_callback(None)
 
 
-class RegionTransport:
+class RegionTransport(_Opened[Doorbell]):
     """RPMsg in one object of an ampipc `Region`, with a pluggable doorbell.
 
     The ``create`` side allocates the object (kind ``"rpmsg"``) and writes the resource table;
@@ -542,18 +552,6 @@ class RegionTransport:
         self._view: memoryview | None = None
         self._window: Window | None = None
         self._doorbell: Doorbell | None = None
-
-    @property
-    def window(self) -> Window:
-        if self._window is None:
-            raise IpcError("the transport is not open")
-        return self._window
-
-    @property
-    def doorbell(self) -> Doorbell:
-        if self._doorbell is None:
-            raise IpcError("the transport is not open")
-        return self._doorbell
 
     @property
     def mapping(self) -> _native.Mapping:
