@@ -20,6 +20,7 @@ from .errors import (
     NoBuffer,
     ObjectExists,
     ObjectNotFound,
+    PeerClosed,
     PeerDied,
     ProtocolError,
     RegionClosed,
@@ -28,6 +29,8 @@ from .errors import (
     RegionNotFound,
     ResourceExhausted,
     RoleBusy,
+    Timeout,
+    ForeignRegion,
 )
 from .ipc import ChannelStatistics, Ipc
 from .liveness import current_token as _current_token
@@ -62,6 +65,9 @@ __all__ = [
     "MessageTooLarge",
     "BufferTooSmall",
     "PeerDied",
+    "PeerClosed",
+    "Timeout",
+    "ForeignRegion",
     "RoleBusy",
     "BlockingInIsr",
     "ResourceExhausted",

@@ -22,6 +22,12 @@ _DEMOS: dict[str, tuple[str, str, str]] = {
 }
 
 
+# Modules that add their own subcommands: each defines ``add_parser(subparsers) -> None`` and sets
+# ``func`` on its parser (``func(args) -> int``). Imported when the parser is built.
+_COMMAND_MODULES: list[str] = [
+]
+
+
 def _load(module: str, function: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), function)  # type: ignore[no-any-return]
 
@@ -85,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     layout = sub.add_parser("layout", help="show the objects and processes of a running region")
     layout.add_argument("region")
     layout.set_defaults(func=_cmd_layout)
+
+    for module in _COMMAND_MODULES:
+        importlib.import_module(module).add_parser(sub)
     return parser
 
 

@@ -1,7 +1,8 @@
 """The exception tree: one root, `IpcError`; each subclass says what happened.
 
-Timeouts raise the built-in `TimeoutError`. Several classes also derive from the built-in
-exception a Python user would expect to catch (`FileExistsError`, `ValueError`, ...).
+Timeouts raise `Timeout`, which is also the built-in `TimeoutError`, so ``except TimeoutError``
+keeps working. Several classes also derive from the built-in exception a Python user would expect
+to catch (`FileExistsError`, `ValueError`, ...). Bad arguments stay plain `ValueError`/`TypeError`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ __all__ = [
     "MessageTooLarge",
     "BufferTooSmall",
     "PeerDied",
+    "PeerClosed",
+    "Timeout",
+    "ForeignRegion",
     "RoleBusy",
     "BlockingInIsr",
     "ResourceExhausted",
@@ -95,6 +99,26 @@ class PeerDied(IpcError):
         self.pid = pid
 
 
+class PeerClosed(IpcError):
+    """The peer closed its side in an orderly way (like EOF on a pipe); what it sent was drained first."""
+
+
+class Timeout(IpcError, TimeoutError):
+    """A blocking call did not complete within its ``timeout``."""
+
+
+class ForeignRegion(IpcError, PermissionError):
+    """The segment belongs to another user (or may not be opened): it is not trusted by default.
+
+    ``owner_uid`` and ``mode`` describe the segment (``None`` when it could not be examined).
+    """
+
+    def __init__(self, message: str, *, owner_uid: int | None = None, mode: int | None = None) -> None:
+        super().__init__(message)
+        self.owner_uid = owner_uid
+        self.mode = mode
+
+
 class RoleBusy(IpcError):
     """A second writer (or reader) in this process used a buffer while the first was still in a call."""
 
@@ -111,5 +135,5 @@ class ProtocolError(IpcError):
     """The peer broke the wire protocol (a bad descriptor, length, index or record)."""
 
 
-class NoBuffer(IpcError, TimeoutError):
+class NoBuffer(Timeout):
     """No transmit buffer came free within the timeout (OpenAMP's RPMSG_ERR_NO_BUFF)."""
