@@ -87,3 +87,9 @@ def _refresh_identity() -> None:
 
 _refresh_identity()
 _os.register_at_fork(after_in_child=_refresh_identity)
+
+from .waiting import READABLE, WRITABLE, Channel, Selector, SelectorKey, wait_any  # noqa: E402
+from . import aio as _aio  # noqa: E402
+
+_aio.attach()  # send_async / receive_async / ... and iteration on the buffer, Ipc and Endpoint classes
+__all__ += ["wait_any", "Selector", "SelectorKey", "Channel", "READABLE", "WRITABLE"]

@@ -1,0 +1,550 @@
+"""asyncio twins of the blocking calls: ``await buf.receive_async()``, ``async for m in buf``, ...
+
+Theory of operation
+-------------------
+Every awaitable call first makes the non-blocking attempt (``try_receive``, ``try_send``, ...)
+synchronously: a message that is already there costs one C call and no thread hop. Only when the
+attempt finds the buffer empty (full) does the task wait, and then not in a thread of its own:
+each event loop has one `_Waker`, a thread that sleeps on the waiting words of every object some
+task of that loop waits for, all at once (`ampipc.waiting.wait_entries`, the announce / re-check /
+``futex_waitv`` protocol of the C core, so the writers' and the interrupt handlers' existing wake
+paths wake it). When objects become ready the waker queues them and writes an eventfd the loop
+watches (``loop.add_reader``); the loop's callback resolves the waiting tasks' futures, and each
+task repeats its non-blocking attempt. A task whose attempt fails again waits again.
+
+Who owns what: the loop thread alone adds and removes waiters (under the waker's lock, as the
+waker thread reads them); the waker thread alone sleeps and reports; a reported object is left out
+of the waker's sleeps until the loop has taken the report (no busy loop on an object that stays
+ready). New interest bumps a process-local control word the waker's sleep includes, so the waker
+re-reads the set at once; a removed waiter is simply dropped (a spurious report is harmless).
+
+Cancellation (``task.cancel()``, ``asyncio.timeout``) can only land at an ``await`` of the waker's
+future, never inside the synchronous attempt: a message is either received whole (the attempt
+succeeded and the coroutine returns it) or still in the buffer. Timeouts: the same ``timeout=``
+as the blocking twin (None: forever) and the same result at the deadline (`Timeout` for message
+send/receive; the count so far for stream writes; what is there, possibly b"", for stream reads).
+
+Teardown: the waker stops, and its eventfd is closed, when its loop closes (``loop.close`` is
+wrapped where the loop allows it; the waker also notices a closed loop within 100 ms).
+
+`attach()` (run when ampipc is imported) adds the methods to `MessageBuffer`, `StreamBuffer`,
+`Ipc` and the RPMsg `Endpoint`: ``send_async``, ``receive_async``, ``receive_into_async``,
+``write_async``, ``read_async``, ``__aiter__``, and ``__iter__`` (iteration that ends at
+`PeerClosed`); the same functions are usable directly (``await aio.receive(buf)``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from typing import Any, TypeVar
+
+from . import _waitv
+from .buffers import MessageBuffer, StreamBuffer
+from .errors import IpcError, PeerClosed, Timeout
+from .ipc import Ipc
+from .waiting import (
+    READABLE,
+    SLICE,
+    WRITABLE,
+    _peer_closed,
+    _Source,
+    _source_for,
+    wait_entries,
+)
+
+__all__ = [
+    "attach",
+    "receive",
+    "receive_into",
+    "send",
+    "read",
+    "write",
+    "ipc_send",
+    "ipc_receive",
+    "endpoint_receive",
+    "messages",
+    "waker_statistics",
+]
+
+_T = TypeVar("_T")
+_NOTHING: Any = object()
+_Key = tuple[int, int]
+
+
+def _running_loop(what: str) -> asyncio.AbstractEventLoop:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(
+            f"{what}() needs a running asyncio event loop: call it from a coroutine "
+            f"(use the blocking twin outside asyncio)"
+        ) from None
+
+
+class _Interest:
+    __slots__ = ("obj", "source", "events", "waiters")
+
+    def __init__(self, obj: object, source: _Source, events: int) -> None:
+        self.obj = obj
+        self.source = source
+        self.events = events
+        self.waiters: list[asyncio.Future[None]] = []
+
+
+class _Waker:
+    """One per event loop: a thread sleeping on every awaited object's words, reporting through an eventfd."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.control = bytearray(4)
+        self.lock = threading.Lock()
+        self.interests: dict[_Key, _Interest] = {}
+        self.sources: dict[int, tuple[object, _Source]] = {}
+        self.reported: set[_Key] = set()
+        self.fired: deque[_Key] = deque()
+        self.stopping = False
+        self.reports = 0
+        self.sleeps = 0
+        loop.add_reader(self.efd, self._on_ready)
+        self.thread = threading.Thread(target=self._run, name="ampipc-aio-waker", daemon=True)
+        self.thread.start()
+
+    # ---- loop thread ---------------------------------------------------------------------------
+
+    def add(self, obj: object, events: int) -> tuple[_Key, asyncio.Future[None]]:
+        key = (id(obj), events)
+        fut: asyncio.Future[None] = self.loop.create_future()
+        with self.lock:
+            interest = self.interests.get(key)
+            new = interest is None
+            if interest is None:
+                cached = self.sources.get(id(obj))
+                if cached is None or cached[0] is not obj:
+                    cached = (obj, _source_for(obj))
+                    self.sources[id(obj)] = cached
+                interest = self.interests[key] = _Interest(obj, cached[1], events)
+            interest.waiters.append(fut)
+        if new:
+            self._poke()
+        return key, fut
+
+    def remove(self, key: _Key, fut: asyncio.Future[None]) -> None:
+        with self.lock:
+            interest = self.interests.get(key)
+            if interest is None:
+                return
+            with contextlib.suppress(ValueError):
+                interest.waiters.remove(fut)
+            if not interest.waiters:
+                del self.interests[key]
+                if not any(k[0] == key[0] for k in self.interests):
+                    self.sources.pop(key[0], None)
+
+    def _poke(self) -> None:
+        _waitv.fetch_add(self.control, 0, 1)
+        _waitv.wake(self.control, 0)
+
+    def _on_ready(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.eventfd_read(self.efd)
+        with self.lock:
+            keys = list(self.fired)
+            self.fired.clear()
+            self.reported.difference_update(keys)
+            woken = [self.interests.pop(k) for k in keys if k in self.interests]
+            for interest in woken:
+                if not any(k[0] == id(interest.obj) for k in self.interests):
+                    self.sources.pop(id(interest.obj), None)
+        for interest in woken:
+            for fut in interest.waiters:
+                if not fut.done():
+                    fut.set_result(None)
+
+    def stop(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        self._poke()
+        if threading.current_thread() is not self.thread:
+            self.thread.join()
+        with contextlib.suppress(Exception):
+            if not self.loop.is_closed():
+                self.loop.remove_reader(self.efd)
+        with contextlib.suppress(OSError):
+            os.close(self.efd)
+        with self.lock:
+            waiters = [f for i in self.interests.values() for f in i.waiters]
+            self.interests.clear()
+        for fut in waiters:
+            if not fut.done() and not self.loop.is_closed():
+                fut.cancel()
+
+    # ---- waker thread --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self.stopping:
+            if self.loop.is_closed():
+                self.stopping = True
+                break
+            with self.lock:
+                seen = _waitv.load(self.control, 0)
+                watched = [(k, i.source, i.events) for k, i in self.interests.items() if k not in self.reported]
+            control = [(self.control, 0, seen)]
+            if not watched:
+                _waitv.wait(control, SLICE)
+                continue
+            entries = [(s, ev) for _, s, ev in watched]
+            try:
+                self.sleeps += 1
+                ready = [watched[i][0] for i, _ in wait_entries(entries, time.monotonic() + SLICE, extra_words=control)]
+            except Exception:  # noqa: BLE001 - a closed region or corrupt object: let its waiters find out
+                ready = [k for k, s, ev in watched if self._raises(s, ev)]
+            if ready:
+                with self.lock:
+                    self.reported.update(ready)
+                    self.fired.extend(ready)
+                self.reports += 1
+                try:
+                    os.eventfd_write(self.efd, 1)
+                except OSError:
+                    break
+
+    @staticmethod
+    def _raises(source: _Source, events: int) -> bool:
+        try:
+            source.ready(events)
+        except Exception:  # noqa: BLE001 - the waiting task repeats the call and gets the real error
+            return True
+        return False
+
+
+_wakers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Waker] = weakref.WeakKeyDictionary()
+
+
+def _waker_for(loop: asyncio.AbstractEventLoop) -> _Waker:
+    waker = _wakers.get(loop)
+    if waker is None or waker.stopping:
+        waker = _wakers[loop] = _Waker(loop)
+        _wrap_close(loop, waker)
+    return waker
+
+
+def _wrap_close(loop: asyncio.AbstractEventLoop, waker: _Waker) -> None:
+    original = loop.close
+    if getattr(original, "_ampipc_wrapped", False):
+        return
+
+    def close() -> None:
+        current = _wakers.pop(loop, None)
+        if current is not None:
+            current.stop()
+        original()
+
+    close._ampipc_wrapped = True  # type: ignore[attr-defined]
+    with contextlib.suppress(AttributeError, TypeError):  # a loop type without __dict__ (uvloop)
+        loop.close = close  # type: ignore[method-assign]
+
+
+def waker_statistics() -> dict[str, int]:
+    """The running loop's waker: sleeps taken and reports made (for benchmarks and tests)."""
+    waker = _wakers.get(_running_loop("waker_statistics"))
+    if waker is None:
+        return {"sleeps": 0, "reports": 0, "interests": 0}
+    return {"sleeps": waker.sleeps, "reports": waker.reports, "interests": len(waker.interests)}
+
+
+async def _wait_until(
+    loop: asyncio.AbstractEventLoop,
+    obj: object,
+    events: int,
+    attempt: Callable[[], _T],
+    deadline: float | None,
+    on_deadline: Callable[[], _T],
+    peer_check: Callable[[], None] | None,
+) -> _T:
+    """Repeat `attempt` (non-blocking; _NOTHING when not possible) each time `obj` becomes ready."""
+    waker = _waker_for(loop)
+    last_check = time.monotonic()
+    while True:
+        key, fut = waker.add(obj, events)
+        timer = None if deadline is None else loop.call_at(loop.time() + (deadline - time.monotonic()), _expire, fut)
+        try:
+            await fut
+        finally:
+            if timer is not None:
+                timer.cancel()
+            waker.remove(key, fut)  # a no-op when the waker's report already resolved it
+        result = attempt()
+        if result is not _NOTHING:
+            return result
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            return on_deadline()
+        if peer_check is not None and now - last_check >= SLICE:
+            last_check = now
+            peer_check()
+
+
+def _expire(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _deadline_of(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout != timeout or timeout < 0:
+        raise ValueError(f"timeout must be None or a number of seconds >= 0, not {timeout!r}")
+    return time.monotonic() + float(timeout)
+
+
+def _reader_check(buf: MessageBuffer | StreamBuffer) -> Callable[[], None]:
+    def check() -> None:
+        if _peer_closed(buf, reading=True):
+            buf.receive(timeout=0) if isinstance(buf, MessageBuffer) else buf.read(1, timeout=0)
+        buf._check_peer(1)
+
+    return check
+
+
+def _writer_check(buf: MessageBuffer | StreamBuffer) -> Callable[[], None]:
+    return lambda: buf._check_peer(0)
+
+
+# ---- message buffers ---------------------------------------------------------------------------
+
+
+async def _receive(loop: asyncio.AbstractEventLoop, buf: MessageBuffer, timeout: float | None) -> bytes:
+    got = buf.try_receive()
+    if got is not None:
+        return got
+    deadline = _deadline_of(timeout)
+    if deadline is not None and timeout == 0:
+        raise Timeout(f"timed out waiting to receive on buffer {buf.name!r}")
+
+    def attempt() -> bytes:
+        m = buf.try_receive()
+        if m is None:
+            if _peer_closed(buf, reading=True):
+                buf.receive(timeout=0)  # drained and closed: raises PeerClosed
+            return _NOTHING  # type: ignore[no-any-return]
+        return m
+
+    def expired() -> bytes:
+        raise Timeout(f"timed out waiting to receive on buffer {buf.name!r}")
+
+    return await _wait_until(loop, buf, READABLE, attempt, deadline, expired, _reader_check(buf))
+
+
+def receive(buf: MessageBuffer, timeout: float | None = None) -> Coroutine[Any, Any, bytes]:
+    """``await buf.receive_async(timeout=None)``: the next message; `Timeout` at the timeout."""
+    return _receive(_running_loop("receive_async"), buf, timeout)
+
+
+async def _receive_into(loop: asyncio.AbstractEventLoop, buf: MessageBuffer, into: Any, timeout: float | None) -> int:
+    def attempt() -> int:
+        if buf.next_length is None:
+            if _peer_closed(buf, reading=True):
+                buf.receive(timeout=0)
+            return _NOTHING  # type: ignore[no-any-return]
+        return buf.receive_into(into, timeout=0)  # BufferTooSmall leaves the message in place
+
+    got = attempt()
+    if got is not _NOTHING:
+        return got
+    deadline = _deadline_of(timeout)
+
+    def expired() -> int:
+        raise Timeout(f"timed out waiting to receive on buffer {buf.name!r}")
+
+    if timeout == 0:
+        return expired()
+    return await _wait_until(loop, buf, READABLE, attempt, deadline, expired, _reader_check(buf))
+
+
+def receive_into(buf: MessageBuffer, into: Any, timeout: float | None = None) -> Coroutine[Any, Any, int]:
+    """``await buf.receive_into_async(b, timeout=None)``: copy the next message into `b`, return its length."""
+    return _receive_into(_running_loop("receive_into_async"), buf, into, timeout)
+
+
+async def _send(loop: asyncio.AbstractEventLoop, buf: MessageBuffer, data: Any, timeout: float | None) -> None:
+    if buf.try_send(data):
+        return
+    deadline = _deadline_of(timeout)
+
+    def attempt() -> None:
+        if buf.try_send(data):
+            return None
+        if _peer_closed(buf, reading=False):
+            buf.send(data, timeout=0)  # raises PeerClosed
+        return _NOTHING  # type: ignore[no-any-return]
+
+    def expired() -> None:
+        raise Timeout(f"timed out waiting to send on buffer {buf.name!r}")
+
+    if timeout == 0:
+        return expired()
+    return await _wait_until(loop, buf, WRITABLE, attempt, deadline, expired, _writer_check(buf))
+
+
+def send(buf: MessageBuffer, data: Any, timeout: float | None = None) -> Coroutine[Any, Any, None]:
+    """``await buf.send_async(data, timeout=None)``: send the whole message; `Timeout` at the timeout."""
+    return _send(_running_loop("send_async"), buf, data, timeout)
+
+
+# ---- stream buffers ----------------------------------------------------------------------------
+
+
+async def _write(loop: asyncio.AbstractEventLoop, buf: StreamBuffer, data: Any, timeout: float | None) -> int:
+    view = memoryview(data).cast("B")
+    total = buf.try_write(view)
+    if total == len(view) or timeout == 0:
+        return total
+    deadline = _deadline_of(timeout)
+    written = [total]
+
+    def attempt() -> int:
+        written[0] += buf.try_write(view[written[0]:])
+        return written[0] if written[0] == len(view) else _NOTHING
+
+    return await _wait_until(loop, buf, WRITABLE, attempt, deadline, lambda: written[0], _writer_check(buf))
+
+
+def write(buf: StreamBuffer, data: Any, timeout: float | None = None) -> Coroutine[Any, Any, int]:
+    """``await stream.write_async(data, timeout=None)``: write it all, or what fitted by the timeout; the count."""
+    return _write(_running_loop("write_async"), buf, data, timeout)
+
+
+async def _read(loop: asyncio.AbstractEventLoop, buf: StreamBuffer, max_bytes: int, timeout: float | None) -> bytes:
+    got = buf.try_read(max_bytes)
+    if got or max_bytes == 0 or timeout == 0:
+        return got
+    deadline = _deadline_of(timeout)
+
+    def attempt() -> bytes:
+        data = buf.try_read(max_bytes)
+        if not data and _peer_closed(buf, reading=True):
+            buf.read(max_bytes, timeout=0)
+        return data if data else _NOTHING
+
+    return await _wait_until(
+        loop, buf, READABLE, attempt, deadline, lambda: buf.try_read(max_bytes), _reader_check(buf)
+    )
+
+
+def read(buf: StreamBuffer, max_bytes: int, timeout: float | None = None) -> Coroutine[Any, Any, bytes]:
+    """``await stream.read_async(max_bytes, timeout=None)``: what is there, else wait for the trigger level."""
+    return _read(_running_loop("read_async"), buf, max_bytes, timeout)
+
+
+# ---- channels and endpoints ----------------------------------------------------------------------
+
+
+def ipc_send(ipc: Ipc, channel: int, data: Any, timeout: float | None = None) -> Coroutine[Any, Any, None]:
+    """``await ipc.send_async(channel, data, timeout=None)``."""
+    loop = _running_loop("send_async")
+    return _send(loop, ipc.tx_buffer(channel), data, timeout)
+
+
+async def _ipc_receive(loop: asyncio.AbstractEventLoop, ipc: Ipc, channel: int, timeout: float | None) -> bytes:
+    return bytes(await _receive(loop, ipc.rx_buffer(channel), timeout))
+
+
+def ipc_receive(ipc: Ipc, channel: int, timeout: float | None = None) -> Coroutine[Any, Any, bytes]:
+    """``await ipc.receive_async(channel, timeout=None)``."""
+    loop = _running_loop("receive_async")
+    ipc.rx_buffer(channel)  # a bad channel number fails at the call
+    return _ipc_receive(loop, ipc, channel, timeout)
+
+
+async def _endpoint_receive(loop: asyncio.AbstractEventLoop, endpoint: Any, timeout: float | None) -> bytes:
+    def attempt() -> bytes:
+        if not endpoint.pending and not endpoint.destroyed:
+            try:
+                endpoint._check_link()
+            except IpcError:
+                return bytes(endpoint.receive(timeout=0))
+            return _NOTHING  # type: ignore[no-any-return]
+        return bytes(endpoint.receive(timeout=0))  # a destroyed endpoint raises
+
+    got = attempt()
+    if got is not _NOTHING:
+        return got
+    deadline = _deadline_of(timeout)
+
+    def expired() -> bytes:
+        raise Timeout(f"no message for endpoint {endpoint.name!r} within {timeout} s")
+
+    if timeout == 0:
+        return expired()
+    return await _wait_until(loop, endpoint, READABLE, attempt, deadline, expired, None)
+
+
+def endpoint_receive(endpoint: Any, timeout: float | None = None) -> Coroutine[Any, Any, bytes]:
+    """``await endpoint.receive_async(timeout=None)``: the next payload queued for the RPMsg endpoint."""
+    return _endpoint_receive(_running_loop("receive_async"), endpoint, timeout)
+
+
+# ---- iteration -----------------------------------------------------------------------------------
+
+
+async def messages(buf: MessageBuffer) -> AsyncIterator[bytes]:
+    """``async for message in buf``: every message until the peer closes (`PeerClosed` ends it)."""
+    loop = _running_loop("async for")
+    while True:
+        try:
+            message = await _receive(loop, buf, None)
+        except PeerClosed:
+            return
+        yield message
+
+
+def _iterate(buf: MessageBuffer) -> Iterator[bytes]:
+    """``for message in buf``: blocking receives until the peer closes (`PeerClosed` ends it)."""
+    while True:
+        try:
+            yield buf.receive()
+        except PeerClosed:
+            return
+
+
+def _aiter(buf: MessageBuffer) -> AsyncIterator[bytes]:
+    _running_loop("async for")
+    return messages(buf)
+
+
+_ATTACHED = False
+
+
+def attach() -> None:
+    """Add the awaitable methods to MessageBuffer, StreamBuffer, Ipc and Endpoint (idempotent)."""
+    global _ATTACHED
+    if _ATTACHED:
+        return
+    from .rpmsg.endpoints import Endpoint
+
+    additions: list[tuple[type, str, Any]] = [
+        (MessageBuffer, "send_async", send),
+        (MessageBuffer, "receive_async", receive),
+        (MessageBuffer, "receive_into_async", receive_into),
+        (MessageBuffer, "__aiter__", _aiter),
+        (MessageBuffer, "__iter__", _iterate),
+        (StreamBuffer, "write_async", write),
+        (StreamBuffer, "read_async", read),
+        (Ipc, "send_async", ipc_send),
+        (Ipc, "receive_async", ipc_receive),
+        (Endpoint, "receive_async", endpoint_receive),
+    ]
+    for cls, name, func in additions:
+        if name not in vars(cls):  # a method the class defines itself wins
+            setattr(cls, name, func)
+    _ATTACHED = True
+
