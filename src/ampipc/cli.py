@@ -1,16 +1,35 @@
-"""The ``ampipc`` command line: demos, the OpenAMP echo programs and a region inspector."""
+"""The ``ampipc`` command line: demos, the OpenAMP echo programs, a region inspector and live view.
+
+Theory of operation
+-------------------
+One `argparse` parser; subcommands come from this module and from the modules listed in
+`_COMMAND_MODULES` (each defines ``add_parser(subparsers)`` and sets ``func(args) -> int``).
+Demos are listed in `_DEMOS` and imported only when run.
+
+Exit status: what the command returns; 2 for a user error, which is always one line on stderr
+(``ampipc: error: ...``), never a traceback: a bad option value (argparse, with its checks bounded
+here), a missing or foreign region, an OS error, a timeout, or a closed output pipe (``| head``).
+SIGTERM is turned into the same unwinding as Ctrl-C (``KeyboardInterrupt``), so every ``finally``
+runs: segments are unlinked, children stopped, socket files removed; the status is then
+128 + the signal number (130 for Ctrl-C, 143 for SIGTERM), as a shell reports it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import math
+import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from types import FrameType
+from typing import Any, NoReturn
 
-__all__ = ["main"]
+__all__ = ["main", "bounded_float", "bounded_int"]
 
 # demo name -> (module, function, one-line description). The modules are imported on use only.
+# Every function is called as ``function(quiet=...)`` and returns the exit status.
 _DEMOS: dict[str, tuple[str, str, str]] = {
     "main": ("ampipc.demo_main", "run", "CM7 and CM4 exchange sensor frames through two message buffers"),
     "boot-sync": ("ampipc.demos.boot_sync", "run", "CubeH7 boot synchronisation over HSEM 0"),
@@ -27,6 +46,50 @@ _DEMOS: dict[str, tuple[str, str, str]] = {
 _COMMAND_MODULES: list[str] = [
 ]
 
+_USER_ERROR = 2
+# The OpenAMP Linux layout's addresses are 32-bit device addresses (resource table ``da`` fields).
+_MAX_SHM_SIZE = 1 << 32
+_MAX_COUNT = 10**9
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``ampipc demo: error: ...`` and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def bounded_int(low: int, high: int, what: str) -> Callable[[str], int]:
+    """An argparse ``type=`` accepting an integer (decimal, 0x..., 0o..., 0b...) in ``low..high``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, an integer, not {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what} must be between {low:#x} and {high:#x}, not {text}")
+        return value
+
+    return parse
+
+
+def bounded_float(low: float, high: float, what: str, *, none_word: str | None = None) -> Callable[[str], float]:
+    """An argparse ``type=`` accepting seconds in ``(low, high]`` (or `none_word`, meaning infinity: forever)."""
+
+    def parse(text: str) -> float:
+        if none_word is not None and text == none_word:
+            return math.inf
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} in seconds, not {text!r}") from None
+        if not low < value <= high:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"{what} must be more than {low:g} and at most {high:g} seconds, not {text}")
+        return value
+
+    return parse
+
 
 def _load(module: str, function: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), function)  # type: ignore[no-any-return]
@@ -34,22 +97,46 @@ def _load(module: str, function: str) -> Callable[..., Any]:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     module, function, _ = _DEMOS[args.name]
-    if args.name == "openamp":
-        return int(_load(module, function)())
     return int(_load(module, function)(quiet=args.quiet))
 
 
 def _cmd_openamp_echo(args: argparse.Namespace) -> int:
-    echo = importlib.import_module("ampipc.rpmsg.echo")
+    from .rpmsg import _wire
+    from .rpmsg import echo
+
     options: dict[str, Any] = {}
+    if args.open_timeout is not None:  # None: the role's default (device forever, driver 60 s)
+        options["open_timeout"] = None if math.isinf(args.open_timeout) else args.open_timeout
     for key, option in (("shm_name", "shm_name"), ("shm_size", "shm_size"), ("socket", "socket_path"),
                         ("channel", "channel")):
         value = getattr(args, key)
         if value is not None:
             options[option] = value
     if args.role == "device":
+        wait = options.get("open_timeout")
+        forever = "forever" if wait is None else f"up to {wait:g} s"
+        print(f"openamp-echo: waiting {forever} for an rpmsg-echo-ping driver to connect to "
+              f"{args.socket or _wire.DEMO_SOCKET_PATH} (Ctrl-C to stop)", flush=True)
         return int(echo.run_echo_device(**options))
     return int(echo.run_echo_driver(count=args.count, **options))
+
+
+def _fill_of(region: Any, kind: str, name: str) -> tuple[int, int] | None:
+    """(bytes used, capacity) of a buffer object, or None for other kinds."""
+    from .buffers import MessageBuffer, StreamBuffer
+    from .errors import IpcError
+
+    buf: MessageBuffer | StreamBuffer
+    try:
+        if kind == "message_buffer":
+            buf = MessageBuffer.attach(region, name)
+        elif kind == "stream_buffer":
+            buf = StreamBuffer.attach(region, name)
+        else:
+            return None
+    except IpcError:
+        return None
+    return buf.bytes_available, buf.capacity
 
 
 def _cmd_layout(args: argparse.Namespace) -> int:
@@ -58,17 +145,28 @@ def _cmd_layout(args: argparse.Namespace) -> int:
     with Region.attach(args.region) as region:
         print(f"region {region.name!r}: {region.size} bytes, {region.free_bytes} free, creator pid {region.creator_pid}"
               f" ({'alive' if region.creator_alive else 'dead'})")
-        print(f"{'offset':>10}  {'size':>10}  {'kind':<16}  name")
+        print(f"{'offset':>10}  {'size':>10}  {'kind':<16}  {'fill':<22}  name")
         for entry in region.objects():
-            print(f"{entry.offset:#10x}  {entry.size:>10}  {entry.kind:<16}  {entry.name}")
+            fill = _fill_of(region, entry.kind, entry.name)
+            shown = "" if fill is None else f"{fill[0]}/{fill[1]} B ({100 * fill[0] // max(fill[1], 1)}%)"
+            print(f"{entry.offset:#10x}  {entry.size:>10}  {entry.kind:<16}  {shown:<22}  {entry.name}")
+        me = os.getpid()  # attaching registers this process too; it is not part of the running system
         for proc in region.processes():
-            print(f"process {proc.pid} ({'alive' if proc.alive else 'dead'})")
+            if proc.pid != me:
+                print(f"process {proc.pid} ({'alive' if proc.alive else 'dead'})")
     return 0
 
 
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ampipc", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="ampipc", description="Inter-processor communication for asymmetric multi-processing.")
+    parser.add_argument("--version", action="version", version=f"ampipc {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser(
         "demo",
@@ -81,14 +179,19 @@ def _parser() -> argparse.ArgumentParser:
 
     echo = sub.add_parser("openamp-echo", help="play OpenAMP's rpmsg-echo (device) or rpmsg-echo-ping (driver)")
     echo.add_argument("--role", choices=("device", "driver"), required=True)
-    echo.add_argument("--count", type=int, default=480, help="driver: payloads to send (default 480)")
+    echo.add_argument("--count", type=bounded_int(1, _MAX_COUNT, "the count"), default=480,
+                      help="driver: payloads to send (default 480)")
     echo.add_argument("--shm-name", dest="shm_name", help="shared-memory file (default openamp.shm)")
-    echo.add_argument("--shm-size", dest="shm_size", type=lambda s: int(s, 0), help="its size (default 0x80000)")
+    echo.add_argument("--shm-size", dest="shm_size", type=bounded_int(0x50000, _MAX_SHM_SIZE, "the size"),
+                      help="its size, 0x50000 (the OpenAMP layout) to 0x100000000 (default 0x80000)")
     echo.add_argument("--socket", help="the kick socket path (default /tmp/openamp.event.0)")
     echo.add_argument("--channel", help="the announced name (default rpmsg-openamp-demo-channel)")
+    echo.add_argument("--open-timeout", dest="open_timeout", default=None,
+                      type=bounded_float(0, 86400.0, "the timeout", none_word="forever"),
+                      help="seconds to wait for the peer (default: device forever, driver 60; 'forever')")
     echo.set_defaults(func=_cmd_openamp_echo)
 
-    layout = sub.add_parser("layout", help="show the objects and processes of a running region")
+    layout = sub.add_parser("layout", help="show the objects (with fill) and processes of a running region")
     layout.add_argument("region")
     layout.set_defaults(func=_cmd_layout)
 
@@ -97,12 +200,64 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+class _SignalState:
+    received: int | None = None
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    _SignalState.received = signum
+    raise KeyboardInterrupt  # unwind exactly as Ctrl-C does: every finally runs
+
+
+def _error(message: str) -> int:
     try:
-        return int(args.func(args))
+        sys.stderr.write(f"ampipc: error: {message}\n")
+        sys.stderr.flush()
+    except (BrokenPipeError, ValueError):
+        pass
+    return _USER_ERROR
+
+
+def _quiet_closed_stdout() -> None:
+    # Python would flush stdout again at exit and print a second BrokenPipeError: point it at /dev/null.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    from .errors import IpcError
+
+    args = _parser().parse_args(argv)
+    previous = None
+    if threading_is_main():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    _SignalState.received = None
+    try:
+        status = int(args.func(args))
+        sys.stdout.flush()
+        return status
     except KeyboardInterrupt:
-        return 130
+        return 128 + (_SignalState.received or signal.SIGINT)
+    except BrokenPipeError:
+        _quiet_closed_stdout()
+        return _error("the output was closed before the command finished (broken pipe)")
+    except (IpcError, OSError, ValueError, TimeoutError) as exc:
+        return _error(str(exc) or type(exc).__name__)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def threading_is_main() -> bool:
+    """Signal handlers can be installed only from the main thread."""
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 if __name__ == "__main__":

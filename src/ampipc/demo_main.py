@@ -94,6 +94,9 @@ def run(*, frames: int = 20_000, quiet: bool = False, out: Callable[[str], None]
             if rx.receive(timeout=_TIMEOUT) != _STOP:
                 errors += 1
             log("CM7", "sent the stop message; the CM4 acknowledged it")
+        except BaseException:  # Ctrl-C, SIGTERM, a closed output: stop the CM4 now, not at its timeout
+            cm4.kill()
+            raise
         finally:
             cm4.join(timeout=_TIMEOUT)
             if cm4.is_alive():

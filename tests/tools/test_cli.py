@@ -49,7 +49,8 @@ def test_layout_lists_the_objects(region: Region, capsys: pytest.CaptureFixture[
     MessageBuffer.create(region, "telemetry", 1000)
     assert main(["layout", region.name]) == 0
     out = capsys.readouterr().out
-    assert "message_buffer" in out and "telemetry" in out and f"process {os.getpid()} (alive)" in out
+    assert "message_buffer" in out and "telemetry" in out and "0/1000 B (0%)" in out
+    assert f"process {os.getpid()} " not in out  # the inspecting process is not part of the system shown
 
 
 def test_unknown_demo_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -41,8 +41,13 @@ class Timeline:
     def __call__(self, message: str) -> None:
         if not self.quiet:
             ms = (time.monotonic() - self.origin) * 1000.0
-            sys.stdout.write(f"[{ms:10.3f} ms] {self.core:<4} {message}\n")
-            sys.stdout.flush()
+            try:
+                sys.stdout.write(f"[{ms:10.3f} ms] {self.core:<4} {message}\n")
+                sys.stdout.flush()
+            except BrokenPipeError:
+                # the reader of the output went away (``| head``): the cores go on, the timeline stops;
+                # the summary's own write then reports the closed pipe once, in the CM7
+                self.quiet = True
 
 
 def region_name(demo: str) -> str:
@@ -112,11 +117,9 @@ def cm4_booted(region_name: str, counts: dict[str, Any], results: Any) -> Iterat
 
 
 def print_summary(title: str, rows: Mapping[str, object], ok: bool, *, quiet: bool) -> None:
-    """The closing table of counts, and the verdict."""
-    if quiet:
-        return
+    """The closing table of counts, and the verdict: printed quiet or not (quiet drops only the timeline)."""
     width = max(len(k) for k in rows)
-    print(f"\n{title} summary")
+    print(f"{'' if quiet else chr(10)}{title} summary")
     for key, value in rows.items():
         print(f"  {key:<{width}}  {value}")
     print(f"  {'result':<{width}}  {'OK' if ok else 'FAILED'}")

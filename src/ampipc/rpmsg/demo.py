@@ -131,8 +131,8 @@ def _cm7_host(region_name: str, events: Any, count: int, timeout: float) -> None
             events.put((time.monotonic(), "CM7", f"RESULT {ok} {bad}"))
 
 
-def run_demo(count: int = 1000, timeout: float = 30.0) -> int:
-    """Run the two cores; print the timeline and the counts. Returns 0 if every echo matched."""
+def run_demo(count: int = 1000, timeout: float = 30.0, *, quiet: bool = False) -> int:
+    """Run the two cores; print the timeline (unless `quiet`) and the counts. Returns 0 if every echo matched."""
     ctx = mp.get_context("spawn")
     name = f"ampipc-demo-openamp-{os.getpid()}"
     events = ctx.Queue()
@@ -162,10 +162,11 @@ def run_demo(count: int = 1000, timeout: float = 30.0) -> int:
                 break
     events.close()
     result = [t for _, c, t in collected if t.startswith("RESULT")]
-    print(f"ampipc demo openamp: CM7 = RPMsg host (VIRTIO driver), CM4 = remote (VIRTIO device), region {name}")
-    for stamp, core, text in sorted(collected):
-        if not text.startswith("RESULT"):
-            print(f"  {1000 * (stamp - t0):9.1f} ms  {core}  {text}")
+    if not quiet:
+        print(f"ampipc demo openamp: CM7 = RPMsg host (VIRTIO driver), CM4 = remote (VIRTIO device), region {name}")
+        for stamp, core, text in sorted(collected):
+            if not text.startswith("RESULT"):
+                print(f"  {1000 * (stamp - t0):9.1f} ms  {core}  {text}")
     ok, bad = (int(x) for x in result[0].split()[1:]) if result else (0, -1)
     good = bad == 0 and ok == count and host.exitcode == 0 and remote.exitcode == 0
     print(f"echoes: {ok} correct, {bad} wrong of {count}; exit codes CM7 {host.exitcode}, CM4 {remote.exitcode}")
