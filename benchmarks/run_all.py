@@ -32,6 +32,7 @@ __all__ = ["format_rows", "main"]
 OTHER_MODULES = (
     ("notification strategies", "benchmarks.bench_strategies"),
     ("RPMsg", "benchmarks.bench_rpmsg"),
+    ("asyncio against blocking calls", "benchmarks.bench_aio"),
 )
 
 

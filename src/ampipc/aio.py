@@ -3,8 +3,10 @@
 Theory of operation
 -------------------
 Every awaitable call first makes the non-blocking attempt (``try_receive``, ``try_send``, ...)
-synchronously: a message that is already there costs one C call and no thread hop. Only when the
-attempt finds the buffer empty (full) does the task wait, and then not in a thread of its own:
+synchronously: a message that is already there costs one C call and no thread hop. When the
+buffer is empty (full) and the loop has nothing else ready to run, a message call then spins as
+its blocking twin does (the core's bounded adaptive spin, `_may_spin`). Only then does the task
+wait, and not in a thread of its own:
 each event loop has one `_Waker`, a thread that sleeps on the waiting words of every object some
 task of that loop waits for, all at once (`ampipc.waiting.wait_entries`, the announce / re-check /
 ``futex_waitv`` protocol of the C core, so the writers' and the interrupt handlers' existing wake
@@ -306,6 +308,18 @@ def _deadline_of(timeout: float | None) -> float | None:
     return time.monotonic() + float(timeout)
 
 
+def _may_spin(loop: asyncio.AbstractEventLoop, buf: MessageBuffer | StreamBuffer) -> bool:
+    """Spin like the blocking call does (its bounded, adaptive spin, in C) only when nothing else is ready.
+
+    The peer often answers within microseconds, far sooner than a hop through the waker thread and
+    the loop's selector. The spin holds the loop for at most the buffer's `spin` (50 us by default,
+    shortened by the core when spins fail), and only when the loop has no other callback ready to
+    run; a loop type that does not expose its ready queue never spins.
+    """
+    ready = getattr(loop, "_ready", None)
+    return ready is not None and not ready and buf.spin > 0
+
+
 def _reader_check(buf: MessageBuffer | StreamBuffer) -> Callable[[], None]:
     def check() -> None:
         if _peer_closed(buf, reading=True):
@@ -326,6 +340,11 @@ async def _receive(loop: asyncio.AbstractEventLoop, buf: MessageBuffer, timeout:
     got = buf.try_receive()
     if got is not None:
         return got
+    if timeout != 0 and _may_spin(loop, buf):
+        try:
+            return buf.receive(timeout=buf.spin)
+        except TimeoutError:
+            pass
     deadline = _deadline_of(timeout)
     if deadline is not None and timeout == 0:
         raise Timeout(f"timed out waiting to receive on buffer {buf.name!r}")
@@ -378,6 +397,11 @@ def receive_into(buf: MessageBuffer, into: Any, timeout: float | None = None) ->
 async def _send(loop: asyncio.AbstractEventLoop, buf: MessageBuffer, data: Any, timeout: float | None) -> None:
     if buf.try_send(data):
         return
+    if timeout != 0 and _may_spin(loop, buf):
+        try:
+            return buf.send(data, timeout=buf.spin)
+        except TimeoutError:
+            pass
     deadline = _deadline_of(timeout)
 
     def attempt() -> None:

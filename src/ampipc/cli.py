@@ -37,6 +37,9 @@ _DEMOS: dict[str, tuple[str, str, str]] = {
     "multi": ("ampipc.demos.multi", "run", "many channels over one interrupt with a control buffer"),
     "toggle": ("ampipc.demos.toggle", "run", "many channels over toggle bits, sending from an ISR"),
     "sev": ("ampipc.demos.sev", "run", "EXTI / SEV event notification"),
+    "events": ("ampipc.demos.events", "run", "CM4 detects voice activity, wakes the CM7 from STOP (HSEM); safe reset"),
+    "events-sev": ("ampipc.demos.events", "run_sev", "the events demo woken by SEV"),
+    "events-exti": ("ampipc.demos.events", "run_exti", "the events demo woken by an EXTI software interrupt"),
     "openamp": ("ampipc.rpmsg.demo", "run_demo", "OpenAMP RPMsg: CM7 host, CM4 remote, name service and echo"),
 }
 

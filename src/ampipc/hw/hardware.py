@@ -49,7 +49,7 @@ import time
 import types
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from .. import _native
 from ..errors import (
@@ -62,6 +62,9 @@ from ..errors import (
 from ..region import Region
 from . import _regs as R
 from .hsem import Hsem, check_core_id
+
+if TYPE_CHECKING:
+    from .power import CorePower, PowerState
 
 __all__ = [
     "DEFAULT_CORES",
@@ -338,6 +341,21 @@ class Core:
         self._dispatcher: _Dispatcher | None = None
         self.handler_errors = 0
         self.hsem = Hsem(self)
+        self._power: CorePower | None = None
+
+    # ---- power (the low-power model of ampipc.hw.power) ------------------------------------------
+
+    @property
+    def power(self) -> CorePower:
+        """This core's power record: state, sleep()/wake(), time in each state, wake-up latency."""
+        from .power import power_of
+
+        return power_of(self)
+
+    @property
+    def state(self) -> PowerState:
+        """RUN, SLEEP or STOP (shared: every process sees every core's state)."""
+        return self.power.state
 
     # ---- interrupt lines ----------------------------------------------------------------------
 
