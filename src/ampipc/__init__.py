@@ -78,7 +78,9 @@ __all__ = [
 get_default_spin = _native.get_default_spin
 set_default_spin = _native.set_default_spin
 
-_native._set_errors(CorruptRegion, MessageTooLarge, BufferTooSmall, RegionClosed, RoleBusy, BlockingInIsr)
+_native._set_errors(
+    CorruptRegion, MessageTooLarge, BufferTooSmall, RegionClosed, RoleBusy, BlockingInIsr, Timeout, PeerClosed
+)
 
 
 def _refresh_identity() -> None:

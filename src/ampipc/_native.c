@@ -36,6 +36,7 @@
 #include <structmember.h>
 
 #include <errno.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/futex.h>
@@ -69,6 +70,10 @@
 /* reader cache line */
 #define OFF_TAIL 128
 #define OFF_RX_WAITING 196
+/* line 3 also holds the close flags: each stored only by its own side's close() and cleared by
+ * that role's next operation (a new writer or reader takes the role over) */
+#define OFF_WRITER_CLOSED 200
+#define OFF_READER_CLOSED 204
 #define OFF_READER_PID 136
 #define OFF_READER_START 144
 #define OFF_MSGS_OUT 152
@@ -83,7 +88,8 @@
 #define WAIT_SLICE_NS 100000000LL /* 100 ms: the longest a wait goes without re-checking */
 #define DEFAULT_SPIN_NS 50000
 
-static PyObject *ErrCorrupt, *ErrTooLarge, *ErrTooSmall, *ErrClosed, *ErrRoleBusy, *ErrInIsr;
+static PyObject *ErrCorrupt, *ErrTooLarge, *ErrTooSmall, *ErrClosed, *ErrRoleBusy, *ErrInIsr, *ErrTimeout,
+    *ErrPeerClosed;
 /* Set while this thread runs an interrupt handler: blocking calls are refused there. */
 static __thread int in_isr_context __attribute__((tls_model("initial-exec"))) = 0;
 static uint32_t process_pid = 0;
@@ -139,6 +145,87 @@ static int parse_timeout(PyObject *obj, int64_t *out_ns) {
     return 0;
 }
 
+/* ---- the SIGBUS guard ---------------------------------------------------------------------- */
+/* Any process that can open a segment can ftruncate it smaller; the next access of every process
+ * that maps it beyond the new end faults with SIGBUS. The handler below looks the faulting address
+ * up among this process's mappings; if it is one of them, it replaces the pages from the fault to
+ * the end of that mapping with private zero pages (the access then completes harmlessly) and marks
+ * the mapping faulted. Every native call checks that mark on entry and on exit and raises
+ * CorruptRegion, so the interpreter survives and the caller learns the segment was shrunk. A fault
+ * outside our mappings goes to the handler that was installed before (or the default action).
+ * The table is read by the handler without locks: slots are claimed with a CAS, their fields
+ * published with release stores, and a slot is freed only after its munmap. */
+#define GUARD_SLOTS 1024
+typedef struct {
+    uintptr_t base; /* 0: free */
+    size_t size;
+    int faulted;
+} guard_slot;
+static guard_slot guard_table[GUARD_SLOTS];
+static struct sigaction previous_sigbus;
+static long page_size = 4096;
+
+static int guard_register(unsigned char *base, size_t size) {
+    for (int i = 0; i < GUARD_SLOTS; i++) {
+        uintptr_t expected = 0;
+        if (__atomic_load_n(&guard_table[i].base, __ATOMIC_RELAXED) != 0) continue;
+        /* claim with a sentinel, fill in, then publish the real base */
+        if (!__atomic_compare_exchange_n(&guard_table[i].base, &expected, (uintptr_t)1, 0, __ATOMIC_ACQ_REL,
+                                         __ATOMIC_RELAXED))
+            continue;
+        __atomic_store_n(&guard_table[i].size, size, __ATOMIC_RELAXED);
+        __atomic_store_n(&guard_table[i].faulted, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&guard_table[i].base, (uintptr_t)base, __ATOMIC_RELEASE);
+        return i + 1;
+    }
+    return 0; /* more than GUARD_SLOTS live mappings: this one is unguarded */
+}
+
+/* `slot` is the index + 1 that guard_register returned; 0 means none. */
+static void guard_unregister(int slot) {
+    if (slot > 0) __atomic_store_n(&guard_table[slot - 1].base, (uintptr_t)0, __ATOMIC_RELEASE);
+}
+
+static void sigbus_handler(int sig, siginfo_t *info, void *context) {
+    uintptr_t addr = (uintptr_t)info->si_addr;
+    for (int i = 0; i < GUARD_SLOTS; i++) {
+        uintptr_t base = __atomic_load_n(&guard_table[i].base, __ATOMIC_ACQUIRE);
+        if (base <= 1) continue;
+        size_t size = __atomic_load_n(&guard_table[i].size, __ATOMIC_RELAXED);
+        if (addr < base || addr >= base + size) continue;
+        uintptr_t page = addr & ~((uintptr_t)page_size - 1);
+        /* the raw system call: async-signal-safe, unlike some libc wrappers */
+        long p = syscall(SYS_mmap, (void *)page, (size_t)(base + size - page), PROT_READ | PROT_WRITE,
+                         MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p != -1) {
+            __atomic_store_n(&guard_table[i].faulted, 1, __ATOMIC_RELEASE);
+            return; /* the access is retried on the zero pages */
+        }
+        break;
+    }
+    if (previous_sigbus.sa_flags & SA_SIGINFO) {
+        if (previous_sigbus.sa_sigaction != NULL) {
+            previous_sigbus.sa_sigaction(sig, info, context);
+            return;
+        }
+    } else if (previous_sigbus.sa_handler != SIG_DFL && previous_sigbus.sa_handler != SIG_IGN) {
+        previous_sigbus.sa_handler(sig);
+        return;
+    }
+    /* not ours and nobody else's: the default action, when the faulting access is retried */
+    signal(SIGBUS, SIG_DFL);
+}
+
+static void guard_install(void) {
+    page_size = sysconf(_SC_PAGESIZE);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = sigbus_handler;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGBUS, &sa, &previous_sigbus);
+}
+
 /* ---- Mapping ------------------------------------------------------------------------------- */
 
 typedef struct {
@@ -146,16 +233,32 @@ typedef struct {
     unsigned char *base;
     Py_ssize_t size;
     int closed;
+    int guard_slot;     /* index + 1 in guard_table, 0 if none (a new object is zeroed) */
     Py_ssize_t exports; /* buffer-protocol views alive */
     Py_ssize_t busy;    /* native calls in flight that released the GIL */
     PyObject *weakreflist;
 } MappingObject;
 
+static void mapping_unmap(MappingObject *m) {
+    munmap(m->base, (size_t)m->size);
+    guard_unregister(m->guard_slot);
+    m->guard_slot = 0;
+    m->base = NULL;
+}
+
 static void mapping_maybe_unmap(MappingObject *m) {
-    if (m->closed && m->exports == 0 && m->busy == 0 && m->base != NULL) {
-        munmap(m->base, (size_t)m->size);
-        m->base = NULL;
-    }
+    if (m->closed && m->exports == 0 && m->busy == 0 && m->base != NULL) mapping_unmap(m);
+}
+
+static inline int mapping_faulted(MappingObject *m) {
+    return m->guard_slot > 0 && __atomic_load_n(&guard_table[m->guard_slot - 1].faulted, __ATOMIC_ACQUIRE);
+}
+
+static void mapping_raise_faulted(MappingObject *m) {
+    PyErr_Format(ErrCorrupt,
+                 "the shared segment was shrunk below its %zd bytes by another process while mapped here: "
+                 "the region is unusable (close it)",
+                 m->size);
 }
 
 static int mapping_init(MappingObject *self, PyObject *args, PyObject *kwds) {
@@ -179,18 +282,23 @@ static int mapping_init(MappingObject *self, PyObject *args, PyObject *kwds) {
     self->base = (unsigned char *)p;
     self->size = size;
     self->closed = 0;
+    self->guard_slot = guard_register(self->base, (size_t)size);
     return 0;
 }
 
 static void mapping_dealloc(MappingObject *self) {
     if (self->weakreflist != NULL) PyObject_ClearWeakRefs((PyObject *)self);
-    if (self->base != NULL) munmap(self->base, (size_t)self->size);
+    if (self->base != NULL) mapping_unmap(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static int mapping_check_open(MappingObject *m) {
     if (m->closed || m->base == NULL) {
         PyErr_SetString(ErrClosed, "the region is closed");
+        return -1;
+    }
+    if (mapping_faulted(m)) {
+        mapping_raise_faulted(m);
         return -1;
     }
     return 0;
@@ -411,6 +519,7 @@ static PyObject *mapping_futex_wake(MappingObject *self, PyObject *args) {
 
 static PyObject *mapping_get_size(MappingObject *self, void *c) { return PyLong_FromSsize_t(self->size); }
 static PyObject *mapping_get_closed(MappingObject *self, void *c) { return PyBool_FromLong(self->closed); }
+static PyObject *mapping_get_faulted(MappingObject *self, void *c) { return PyBool_FromLong(mapping_faulted(self)); }
 
 static PyMethodDef mapping_methods[] = {
     {"close", (PyCFunction)mapping_close, METH_NOARGS, "Close; the unmap waits for views and waits in flight."},
@@ -436,6 +545,7 @@ static PyMethodDef mapping_methods[] = {
 static PyGetSetDef mapping_getset[] = {
     {"size", (getter)mapping_get_size, NULL, "Bytes mapped.", NULL},
     {"closed", (getter)mapping_get_closed, NULL, "True after close().", NULL},
+    {"faulted", (getter)mapping_get_faulted, NULL, "True once an access faulted: the segment was shrunk.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -471,6 +581,9 @@ typedef struct {
     long spin_ns;  /* the configured spin */
     long spin_cur; /* the spin in force: halved after a spin that ended in a sleep, regrown on success */
     int in_hook; /* bit ROLE_WRITER: in the send hook; bit ROLE_READER: in the receive hook */
+    int roles_used; /* bit per role this object has taken (what close() closes) */
+    int closed;     /* this object was closed: its calls raise RegionClosed */
+    uint32_t limit; /* bytes of the object's directory entry: the header must stay inside */
     PyObject *weakreflist;
 } RingObject;
 
@@ -507,6 +620,10 @@ typedef struct {
 static int ring_open(RingObject *r) {
     if (r->mapping == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "buffer object is not initialised");
+        return -1;
+    }
+    if (r->closed) {
+        PyErr_Format(ErrClosed, "buffer %R was closed", r->name);
         return -1;
     }
     return mapping_check_open(r->mapping);
@@ -555,16 +672,17 @@ static void ring_copy_in(RingObject *r, uint32_t at, const unsigned char *src, u
     unsigned char *data = ring_hdr(r) + r->data_off;
     uint32_t first = r->length - at;
     if (first > n) first = n;
-    memcpy(data + at, src, first);
-    if (n > first) memcpy(data, src + first, n - first);
+    /* memmove: the source may be a view of this very ring's storage */
+    memmove(data + at, src, first);
+    if (n > first) memmove(data, src + first, n - first);
 }
 
 static void ring_copy_out(RingObject *r, uint32_t at, unsigned char *dst, uint32_t n) {
     unsigned char *data = ring_hdr(r) + r->data_off;
     uint32_t first = r->length - at;
     if (first > n) first = n;
-    memcpy(dst, data + at, first);
-    if (n > first) memcpy(dst + first, data, n - first);
+    memmove(dst, data + at, first);
+    if (n > first) memmove(dst + first, data, n - first);
 }
 
 static inline uint32_t ring_advance(RingObject *r, uint32_t at, uint32_t n) {
@@ -777,9 +895,29 @@ static inline int ring_ready(RingObject *r, int role, uint32_t need) {
     return role == ROLE_WRITER ? st_spaces(&s) >= need : st_avail(&s) >= need;
 }
 
+static inline Py_ssize_t peer_closed_off(int role) { return role == ROLE_WRITER ? OFF_READER_CLOSED : OFF_WRITER_CLOSED; }
+
+/* The peer closed its side (orderly, like EOF on a pipe). A reader first drains what is left, so
+ * this returns 1 while anything is there; then -1 with PeerClosed set. A writer whose reader closed
+ * gets PeerClosed at once. 0: the peer has not closed. The flag is loaded with acquire: the writer
+ * published its last head before storing it, so a reader that sees the flag also sees that data. */
+static int ring_check_peer_closed(RingObject *r, int role, int probe) {
+    unsigned char *h = ring_hdr(r);
+    if (ld32_acq(h + peer_closed_off(role)) == 0) return 0;
+    if (probe || (role == ROLE_READER && ring_ready(r, ROLE_READER, 1))) return 1;
+    /* A reader is told once per close (the end of that writer's stream): the next receive waits
+     * for a new writer. A writer keeps being told until a new reader takes the role. */
+    if (role == ROLE_READER) st32_rel(h + OFF_WRITER_CLOSED, 0);
+    PyErr_Format(ErrPeerClosed, "the %s of buffer %R closed its side%s", role == ROLE_READER ? "writer" : "reader",
+                 r->name, role == ROLE_READER ? " (everything it sent was received)" : "");
+    return -1;
+}
+
 /* Wait until ring_ready(role, need) or the deadline. Returns 1 ready (or worth retrying), 0 at
- * the deadline, -1 on error (signal, closed region, dead peer, corrupt state). */
-static int ring_wait(RingObject *r, int role, uint32_t need, int64_t deadline) {
+ * the deadline, -1 on error (signal, closed region, dead or closed peer, corrupt state).
+ * Drain before you declare death: a reader whose writer died or closed still gets every byte the
+ * writer published; PeerDied / PeerClosed come only when nothing is left. */
+static int ring_wait(RingObject *r, int role, uint32_t need, int64_t deadline, int probe) {
     MappingObject *m = r->mapping;
     unsigned char *h = ring_hdr(r);
     Py_ssize_t flag_off = role == ROLE_WRITER ? OFF_TX_WAITING : OFF_RX_WAITING;
@@ -834,6 +972,12 @@ static int ring_wait(RingObject *r, int role, uint32_t need, int64_t deadline) {
             result = 1;
             goto out;
         }
+        int peer_closed = ring_check_peer_closed(r, role, probe);
+        if (peer_closed != 0) {
+            st32_rlx(h + flag_off, 0);
+            result = peer_closed;
+            goto out;
+        }
         bump64(h + blocks_off, 1);
         int woken = futex_sleep((uint32_t *)(h + word_off), seen, slice);
         st32_rlx(h + flag_off, 0);
@@ -853,12 +997,23 @@ static int ring_wait(RingObject *r, int role, uint32_t need, int64_t deadline) {
             }
             continue; /* the index moved but not far enough (trigger level): wait again */
         }
+        /* The slice ran out. The peer may have published just before it died: look at the ring
+         * before asking whether the peer lives, and again after it was found dead. */
+        if (ring_ready(r, role, need)) {
+            result = 1;
+            goto out;
+        }
         if (r->peer_check != NULL) {
             PyObject *check = Py_NewRef(r->peer_check); /* it may replace itself */
             PyObject *res = PyObject_CallFunction(check, "i", role);
             Py_DECREF(check);
             if (res == NULL) {
-                result = -1;
+                if (role == ROLE_READER && ring_ready(r, ROLE_READER, 1) &&
+                    !PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
+                    PyErr_Clear(); /* data left: deliver it; the death is reported once it is drained */
+                    result = 1;
+                } else
+                    result = -1;
                 goto out;
             }
             Py_DECREF(res);
@@ -872,6 +1027,28 @@ out:
     m->busy--;
     mapping_maybe_unmap(m);
     return result;
+}
+
+/* ---- taking a role ------------------------------------------------------------------------- */
+
+/* A call that takes a role records this process as its holder (so the peer's liveness check and
+ * close() know it, before anything is published) and re-opens the role if an earlier holder closed
+ * it. A writer whose reader closed is told at once. */
+static int ring_enter_role(RingObject *r, int role) {
+    unsigned char *h = ring_hdr(r);
+    r->roles_used |= 1 << role;
+    if (role == ROLE_WRITER) {
+        ring_record_identity(r, OFF_WRITER_PID, OFF_WRITER_START);
+        if (ld32_rlx(h + OFF_WRITER_CLOSED)) st32_rel(h + OFF_WRITER_CLOSED, 0);
+        if (ld32_acq(h + OFF_READER_CLOSED)) {
+            PyErr_Format(ErrPeerClosed, "the reader of buffer %R closed its side", r->name);
+            return -1;
+        }
+    } else {
+        ring_record_identity(r, OFF_READER_PID, OFF_READER_START);
+        if (ld32_rlx(h + OFF_READER_CLOSED)) st32_rel(h + OFF_READER_CLOSED, 0);
+    }
+    return 0;
 }
 
 /* ---- role guards --------------------------------------------------------------------------- */
@@ -915,8 +1092,22 @@ static uint32_t ring_trigger(RingObject *r) {
 static int64_t deadline_from(int64_t timeout_ns) { return timeout_ns < 0 ? -1 : now_ns() + timeout_ns; }
 
 static PyObject *raise_timeout(RingObject *r, const char *what) {
-    PyErr_Format(PyExc_TimeoutError, "timed out waiting to %s on buffer %R", what, r->name);
+    PyErr_Format(ErrTimeout, "timed out waiting to %s on buffer %R", what, r->name);
     return NULL;
+}
+
+/* The end of every call: a fault on the mapping during the call (the segment was shrunk by another
+ * process, see the SIGBUS guard) turns its result into CorruptRegion, since what it read is not data. */
+static PyObject *ring_finish(RingObject *r, PyObject *ret) {
+    if (r->mapping != NULL && mapping_faulted(r->mapping)) {
+        Py_XDECREF(ret);
+        if (!PyErr_Occurred() || !PyErr_ExceptionMatches(ErrCorrupt)) {
+            PyErr_Clear();
+            mapping_raise_faulted(r->mapping);
+        }
+        return NULL;
+    }
+    return ret;
 }
 
 /* ---- Python methods ------------------------------------------------------------------------ */
@@ -958,6 +1149,11 @@ static PyObject *message_send_impl(RingObject *r, PyObject *data, int64_t timeou
         PyBuffer_Release(&v);
         return NULL;
     }
+    if (ring_enter_role(r, ROLE_WRITER) < 0) {
+        guard_exit(r, ROLE_WRITER);
+        PyBuffer_Release(&v);
+        return NULL;
+    }
     int64_t deadline = deadline_from(timeout_ns);
     for (;;) {
         int k = op_message_send(r, (const unsigned char *)v.buf, n);
@@ -970,7 +1166,7 @@ static PyObject *message_send_impl(RingObject *r, PyObject *data, int64_t timeou
             ret = raise_on_full ? raise_timeout(r, "send") : Py_NewRef(Py_False);
             break;
         }
-        int w = ring_wait(r, ROLE_WRITER, n + PREFIX_SIZE, deadline);
+        int w = ring_wait(r, ROLE_WRITER, n + PREFIX_SIZE, deadline, 0);
         if (w < 0) break;
         if (w == 0) {
             /* one last attempt: the space may have come free as the deadline passed; the region
@@ -985,7 +1181,7 @@ static PyObject *message_send_impl(RingObject *r, PyObject *data, int64_t timeou
     }
     guard_exit(r, ROLE_WRITER);
     PyBuffer_Release(&v);
-    return ret;
+    return ring_finish(r, ret);
 }
 
 static PyObject *ring_send(RingObject *r, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
@@ -1035,6 +1231,7 @@ bad:
 static PyObject *message_receive_impl(RingObject *r, int64_t timeout_ns, int raise_on_empty, Py_buffer *into) {
     if (ring_open(r) < 0 || refuse_in_isr(r, timeout_ns, "receive") < 0) return NULL;
     if (guard_enter(r, ROLE_READER) < 0) return NULL;
+    ring_enter_role(r, ROLE_READER);
     int64_t deadline = deadline_from(timeout_ns);
     PyObject *ret = NULL;
     for (int last = 0;; ) {
@@ -1048,16 +1245,18 @@ static PyObject *message_receive_impl(RingObject *r, int64_t timeout_ns, int rai
             break;
         }
         if (timeout_ns == 0 || last) {
+            /* empty: a closed writer is reported even by the non-blocking twin (like EOF) */
+            if (ring_check_peer_closed(r, ROLE_READER, 0) < 0) break;
             ret = raise_on_empty ? raise_timeout(r, "receive") : Py_NewRef(Py_None);
             break;
         }
-        int w = ring_wait(r, ROLE_READER, ring_trigger(r), deadline);
+        int w = ring_wait(r, ROLE_READER, ring_trigger(r), deadline, 0);
         if (w < 0) break;
         if (w == 0) last = 1;
         if (ring_open(r) < 0) break;
     }
     guard_exit(r, ROLE_READER);
-    return ret;
+    return ring_finish(r, ret);
 }
 
 static PyObject *ring_receive(RingObject *r, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
@@ -1089,6 +1288,11 @@ static PyObject *stream_write_impl(RingObject *r, PyObject *data, int64_t timeou
         PyBuffer_Release(&v);
         return NULL;
     }
+    if (ring_enter_role(r, ROLE_WRITER) < 0) {
+        guard_exit(r, ROLE_WRITER);
+        PyBuffer_Release(&v);
+        return NULL;
+    }
     int64_t deadline = deadline_from(timeout_ns);
     uint32_t n = (uint32_t)v.len, total = 0;
     int err = 0;
@@ -1104,7 +1308,7 @@ static PyObject *stream_write_impl(RingObject *r, PyObject *data, int64_t timeou
             err = 1;
             break;
         }
-        int k = ring_wait(r, ROLE_WRITER, 1, deadline);
+        int k = ring_wait(r, ROLE_WRITER, 1, deadline, 0);
         if (k < 0 || ring_open(r) < 0) {
             err = 1;
             break;
@@ -1114,7 +1318,7 @@ static PyObject *stream_write_impl(RingObject *r, PyObject *data, int64_t timeou
     guard_exit(r, ROLE_WRITER);
     PyBuffer_Release(&v);
     if (err) return NULL;
-    return PyLong_FromUnsignedLong(total);
+    return ring_finish(r, PyLong_FromUnsignedLong(total));
 }
 
 static PyObject *ring_write(RingObject *r, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
@@ -1131,6 +1335,7 @@ static PyObject *ring_try_write(RingObject *r, PyObject *data) { return stream_w
 static PyObject *stream_read_impl(RingObject *r, unsigned char *dst, uint32_t max, int64_t timeout_ns, uint32_t *got) {
     if (ring_open(r) < 0 || refuse_in_isr(r, timeout_ns, "read") < 0) return NULL;
     if (guard_enter(r, ROLE_READER) < 0) return NULL;
+    ring_enter_role(r, ROLE_READER);
     int64_t deadline = deadline_from(timeout_ns);
     int err = 0;
     *got = 0;
@@ -1141,8 +1346,12 @@ static PyObject *stream_read_impl(RingObject *r, unsigned char *dst, uint32_t ma
                 err = 1;
                 break;
             }
-            if (k == 1 || timeout_ns == 0 || last) break;
-            int w = ring_wait(r, ROLE_READER, ring_trigger(r), deadline);
+            if (k == 1) break;
+            if (timeout_ns == 0 || last) {
+                if (ring_check_peer_closed(r, ROLE_READER, 0) < 0) err = 1;
+                break;
+            }
+            int w = ring_wait(r, ROLE_READER, ring_trigger(r), deadline, 0);
             if (w < 0 || ring_open(r) < 0) {
                 err = 1;
                 break;
@@ -1151,7 +1360,9 @@ static PyObject *stream_read_impl(RingObject *r, unsigned char *dst, uint32_t ma
         }
     }
     guard_exit(r, ROLE_READER);
-    return err ? NULL : Py_None;
+    if (err || ring_finish(r, Py_NewRef(Py_None)) == NULL) return NULL;
+    Py_DECREF(Py_None);
+    return Py_None; /* a borrowed marker: the callers only test it against NULL */
 }
 
 static PyObject *ring_read(RingObject *r, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
@@ -1209,6 +1420,76 @@ static PyObject *ring_receive_completed_from_isr(RingObject *r, PyObject *unused
     if (ring_open(r) < 0) return NULL;
     return PyBool_FromLong(ring_wake_if_waiting(r, OFF_TX_WAITING, OFF_TAIL, OFF_WAKES_BY_READER));
 }
+
+/* _close(roles): mark the given roles closed (bit 0 writer, bit 1 reader; -1: the roles this object
+ * took) and wake the peer so a blocked call sees it; then this object refuses further calls. */
+static PyObject *ring_close(RingObject *r, PyObject *arg) {
+    long roles = PyLong_AsLong(arg);
+    if (roles == -1 && PyErr_Occurred()) return NULL;
+    if (r->closed || r->mapping == NULL) Py_RETURN_NONE;
+    if (roles < 0) roles = r->roles_used;
+    if (mapping_check_open(r->mapping) == 0) {
+        unsigned char *h = ring_hdr(r);
+        if (roles & (1 << ROLE_WRITER)) {
+            st32_rel(h + OFF_WRITER_CLOSED, 1);
+            __atomic_thread_fence(__ATOMIC_SEQ_CST);
+            sys_futex(h + OFF_HEAD, FUTEX_WAKE, INT_MAX, NULL); /* a reader sleeps on head */
+        }
+        if (roles & (1 << ROLE_READER)) {
+            st32_rel(h + OFF_READER_CLOSED, 1);
+            __atomic_thread_fence(__ATOMIC_SEQ_CST);
+            sys_futex(h + OFF_TAIL, FUTEX_WAKE, INT_MAX, NULL); /* a writer sleeps on tail */
+        }
+    } else
+        PyErr_Clear(); /* the region is gone already: nobody is left to tell */
+    r->closed = 1;
+    Py_RETURN_NONE;
+}
+
+/* wait_readable(timeout=None) / wait_writable(nbytes, timeout=None) -> bool: wait until a receive
+ * (a send of nbytes) would not block, without taking the role: True when it would not (data or room
+ * there, or the peer closed, which the call then reports), False at the timeout; PeerDied when the
+ * peer died (a reader's only once nothing is left to drain). */
+static PyObject *ring_wait_ready(RingObject *r, int role, uint32_t need, int64_t timeout_ns) {
+    if (ring_open(r) < 0 || refuse_in_isr(r, timeout_ns, "wait") < 0) return NULL;
+    if (ring_ready(r, role, need) || ring_check_peer_closed(r, role, 1)) return ring_finish(r, Py_NewRef(Py_True));
+    if (timeout_ns == 0) return ring_finish(r, Py_NewRef(Py_False));
+    int w = ring_wait(r, role, need, deadline_from(timeout_ns), 1);
+    if (w < 0) return NULL;
+    if (ring_open(r) < 0) return NULL;
+    int ready = w == 1 || ring_ready(r, role, need) || ring_check_peer_closed(r, role, 1);
+    return ring_finish(r, PyBool_FromLong(ready));
+}
+
+static PyObject *ring_wait_readable(RingObject *r, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    int64_t t;
+    if (parse_opt_timeout(args, nargs, kwnames, 0, NULL, &t, "wait_readable(timeout=None)") < 0) return NULL;
+    return ring_wait_ready(r, ROLE_READER, 1, t);
+}
+
+static PyObject *ring_wait_writable(RingObject *r, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    int64_t t;
+    PyObject *pos[1];
+    if (parse_opt_timeout(args, nargs, kwnames, 1, pos, &t, "wait_writable(nbytes, timeout=None)") < 0) return NULL;
+    Py_ssize_t n = PyLong_AsSsize_t(pos[0]);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (r->mapping == NULL) return ring_wait_ready(r, ROLE_WRITER, 1, t); /* raises: not initialised */
+    Py_ssize_t need = n + (r->is_message ? (Py_ssize_t)PREFIX_SIZE : 0);
+    if (n < 0 || need > (Py_ssize_t)r->length - 1) {
+        PyErr_Format(PyExc_ValueError, "nbytes must be 0..%zd for buffer %R, not %zd",
+                     (Py_ssize_t)r->length - 1 - (r->is_message ? (Py_ssize_t)PREFIX_SIZE : 0), r->name, n);
+        return NULL;
+    }
+    return ring_wait_ready(r, ROLE_WRITER, need == 0 ? 1 : (uint32_t)need, t);
+}
+
+static PyObject *ring_flag(RingObject *r, Py_ssize_t off) {
+    if (ring_open(r) < 0) return NULL;
+    return PyBool_FromLong(ld32_acq(ring_hdr(r) + off) != 0);
+}
+static PyObject *ring_get_writer_closed(RingObject *r, void *c) { return ring_flag(r, OFF_WRITER_CLOSED); }
+static PyObject *ring_get_reader_closed(RingObject *r, void *c) { return ring_flag(r, OFF_READER_CLOSED); }
+static PyObject *ring_get_closed(RingObject *r, void *c) { return PyBool_FromLong(r->closed); }
 
 static PyObject *ring_reset(RingObject *r, PyObject *unused) {
     if (ring_open(r) < 0) return NULL;
@@ -1342,10 +1623,11 @@ static PyObject *ring_peer_identity(RingObject *r, PyObject *arg) {
 }
 
 static int ring_init(RingObject *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"mapping", "offset", "name", "guard", NULL};
+    static char *kwlist[] = {"mapping", "offset", "name", "guard", "limit", NULL};
     PyObject *mapping, *name, *guard = Py_None;
-    Py_ssize_t offset;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!nU|O", kwlist, &MappingType, &mapping, &offset, &name, &guard))
+    Py_ssize_t offset, limit = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!nU|On", kwlist, &MappingType, &mapping, &offset, &name, &guard,
+                                     &limit))
         return -1;
     if (self->mapping != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "buffer object is already initialised");
@@ -1363,6 +1645,9 @@ static int ring_init(RingObject *self, PyObject *args, PyObject *kwds) {
                      m->size);
         return -1;
     }
+    /* The object's own directory entry bounds it, not the whole mapping: a hostile header must not
+     * reach into the next object. */
+    if (limit < 0 || limit > m->size - offset) limit = m->size - offset;
     unsigned char *h = m->base + offset;
     /* Validate the constant part of the header once; the indexes are checked on every call. */
     uint32_t magic = ld32_acq(h + OFF_MAGIC);
@@ -1376,8 +1661,8 @@ static int ring_init(RingObject *self, PyObject *args, PyObject *kwds) {
         raise_corrupt(self, "magic", magic, "is not a buffer header");
         return -1;
     }
-    if ((Py_ssize_t)total > m->size - offset || total < RING_HEADER_SIZE) {
-        raise_corrupt(self, "total size", total, "does not fit in the region");
+    if ((Py_ssize_t)total > limit || total < RING_HEADER_SIZE) {
+        raise_corrupt(self, "total size", total, "does not fit in the object's directory entry");
         return -1;
     }
     if (data_off < RING_HEADER_SIZE || data_off > total) {
@@ -1402,6 +1687,7 @@ static int ring_init(RingObject *self, PyObject *args, PyObject *kwds) {
     self->length = length;
     self->data_off = data_off;
     self->is_message = (flags & FLAG_MESSAGE) != 0;
+    self->limit = (uint32_t)(limit > 0xFFFFFFFF ? 0xFFFFFFFF : limit);
     self->spin_ns = default_spin_ns;
     self->spin_cur = default_spin_ns;
     if (guard != Py_None) self->guard = Py_NewRef(guard);
@@ -1453,7 +1739,12 @@ static int ring_set_peer_check(RingObject *r, PyObject *value, void *c) {
     {"receive_completed_from_isr", (PyCFunction)ring_receive_completed_from_isr, METH_NOARGS,                    \
      "Wake a writer blocked on this buffer, if any; True if one was (xStreamBufferReceiveCompletedFromISR)."},   \
     {"_raw_statistics", (PyCFunction)ring_raw_statistics, METH_NOARGS, "The shared counters as a tuple."},      \
-    {"_peer_identity", (PyCFunction)ring_peer_identity, METH_O, "(pid, start time) recorded for a role."}
+    {"_peer_identity", (PyCFunction)ring_peer_identity, METH_O, "(pid, start time) recorded for a role."},     \
+    {"_close", (PyCFunction)ring_close, METH_O, "Close roles (bit 0 writer, 1 reader; -1 those used) and wake the peer."}, \
+    {"wait_readable", (PyCFunction)(void (*)(void))ring_wait_readable, METH_FASTCALL | METH_KEYWORDS,          \
+     "wait_readable(timeout=None) -> bool: until a receive would not block."},                                  \
+    {"wait_writable", (PyCFunction)(void (*)(void))ring_wait_writable, METH_FASTCALL | METH_KEYWORDS,          \
+     "wait_writable(nbytes, timeout=None) -> bool: until a send of nbytes would not block."}
 
 static PyMethodDef ring_methods[] = {
     COMMON_METHODS,
@@ -1497,7 +1788,10 @@ static PyMethodDef stream_methods[] = {
     {"spin", (getter)ring_get_spin, (setter)ring_set_spin, "Seconds to spin before sleeping on the futex.", NULL}, \
     {"_peer_check", (getter)ring_get_peer_check, (setter)ring_set_peer_check, "Liveness callback.", NULL},        \
     {"name", (getter)ring_get_name, NULL, "The object's name.", NULL},                                            \
-    {"offset", (getter)ring_get_offset, NULL, "The header's offset in the region.", NULL}
+    {"offset", (getter)ring_get_offset, NULL, "The header's offset in the region.", NULL},                       \
+    {"writer_closed", (getter)ring_get_writer_closed, NULL, "True while the writer side is closed.", NULL},       \
+    {"reader_closed", (getter)ring_get_reader_closed, NULL, "True while the reader side is closed.", NULL},       \
+    {"closed", (getter)ring_get_closed, NULL, "True once this object was closed.", NULL}
 
 static PyGetSetDef ring_getset[] = {
     COMMON_GETSET,
@@ -1620,8 +1914,10 @@ static PyObject *mod_set_process_identity(PyObject *m, PyObject *args) {
 }
 
 static PyObject *mod_set_errors(PyObject *m, PyObject *args) {
-    PyObject *a, *b, *c, *d, *e, *f;
-    if (!PyArg_ParseTuple(args, "OOOOOO", &a, &b, &c, &d, &e, &f)) return NULL;
+    PyObject *a, *b, *c, *d, *e, *f, *g, *i;
+    if (!PyArg_ParseTuple(args, "OOOOOOOO", &a, &b, &c, &d, &e, &f, &g, &i)) return NULL;
+    Py_XSETREF(ErrTimeout, Py_NewRef(g));
+    Py_XSETREF(ErrPeerClosed, Py_NewRef(i));
     Py_XSETREF(ErrInIsr, Py_NewRef(f));
     Py_XSETREF(ErrCorrupt, Py_NewRef(a));
     Py_XSETREF(ErrTooLarge, Py_NewRef(b));
@@ -1683,6 +1979,9 @@ PyMODINIT_FUNC PyInit__native(void) {
     ErrClosed = Py_NewRef(PyExc_ValueError);
     ErrRoleBusy = Py_NewRef(PyExc_RuntimeError);
     ErrInIsr = Py_NewRef(PyExc_RuntimeError);
+    ErrTimeout = Py_NewRef(PyExc_TimeoutError);
+    ErrPeerClosed = Py_NewRef(PyExc_EOFError);
+    guard_install();
     PyObject *m = PyModule_Create(&native_module);
     if (m == NULL) return NULL;
     if (PyModule_AddObjectRef(m, "Mapping", (PyObject *)&MappingType) < 0 ||

@@ -21,7 +21,17 @@ time (the role may pass between threads or processes that take turns).
 ampipc extensions to FreeRTOS, all documented on the methods: zero-length messages are allowed
 (they take 4 bytes; `next_length` is None, not 0, when the buffer is empty); a receive hook fires
 for every consumed message, zero-length ones included, so a writer waiting for space always wakes;
-timeouts raise `TimeoutError`; a blocked side notices a dead peer (`PeerDied`).
+timeouts raise `ampipc.Timeout` (a `TimeoutError`); a blocked side notices a dead peer (`PeerDied`).
+
+Peer death and close. *Drain before you declare death*: a reader whose writer died still receives
+every message the writer published; `PeerDied` comes only when nothing is left. A peer is dead
+only when no process that may take its role is alive: the recorded holder of the role is dead and
+no other live process is registered in the region (a role may pass between processes that take
+turns; observers such as ``ampipc top`` attach without registering). `close()` is the orderly end
+of a side, like closing one end of a pipe: the reader drains what is left, then gets `PeerClosed`
+once (the end of that writer's stream; a later receive waits for a new writer); a writer whose
+reader closed gets `PeerClosed` at once, on every send, until a new reader receives. The next
+call of a role re-opens it: a new writer or reader takes the role over.
 
 Hooks: `on_send_completed` and `on_receive_completed` are the `sbSEND_COMPLETED` and
 `sbRECEIVE_COMPLETED` points, called with the buffer as argument. With no hook (None) the core
@@ -38,7 +48,7 @@ from typing import TypeVar
 
 from . import _layout as L
 from . import _native
-from .errors import PeerDied
+from .errors import PeerClosed, PeerDied
 from .liveness import current_token, is_alive
 from .region import Region
 
@@ -108,25 +118,61 @@ class _BufferBase(_native.Ring):
         self._peer_check = self._check_peer
 
     def _check_peer(self, waiting_role: int) -> None:
-        """Called by the core after a wait slice runs out: raise `PeerDied` if the other side is gone."""
+        """Called by the core after a wait slice runs out: raise `PeerDied` if the other side is gone.
+
+        The core looks at the ring again before and after this call, so data published by a peer
+        that then died is still delivered (drain before you declare death).
+        """
         peer_role = 1 - waiting_role
         pid, start = self._peer_identity(peer_role)
         me = current_token()
-        if pid:
-            if (pid, start) != me and not is_alive(pid, start):
-                raise PeerDied(
-                    f"the {_ROLE_NAMES[peer_role]} of buffer {self.name!r} (pid {pid}) has died",
-                    pid=pid,
-                )
+        if pid and ((pid, start) == me or is_alive(pid, start)):
+            return  # the holder lives (this process itself, for one: another of its threads)
+        # The recorded holder is dead, or none was recorded: the role may pass to any other live
+        # process registered in the region (processes that take turns), so only when none is left
+        # is the peer gone.
+        others = [p for p in self.region.processes() if (p.pid, p.start_time) != me]
+        if any(p.alive for p in others):
             return
-        # No peer recorded yet: the peer is whoever else is attached to the region.
-        others = [p for p in self.region.processes() if p.pid != me[0]]
-        if others and not any(p.alive for p in others):
-            raise PeerDied(
-                f"every other process attached to region {self.region.name!r} has died; "
-                f"buffer {self.name!r} has no {_ROLE_NAMES[peer_role]}",
-                pid=others[0].pid,
-            )
+        if not pid and not others:
+            return  # nobody else has attached yet: the peer may still come
+        role = _ROLE_NAMES[peer_role]
+        if pid:
+            raise PeerDied(f"the {role} of buffer {self.name!r} (pid {pid}) has died", pid=pid)
+        raise PeerDied(
+            f"every other process attached to region {self.region.name!r} has died; buffer {self.name!r} has no {role}",
+            pid=others[0].pid if others else 0,
+        )
+
+    def close(self) -> None:
+        """Close the sides this object used (writer, reader or both), telling the peer; idempotent.
+
+        The peer's blocked receive drains what is left and then raises `PeerClosed`; a writer whose
+        reader closed gets `PeerClosed` at once. This object refuses further calls (`RegionClosed`);
+        attach again to take a role anew.
+        """
+        if not self.closed:
+            self._close(-1)
+        self.region._forget(self)
+
+    def __enter__(self: _B) -> _B:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self: _B) -> _B:
+        return self
+
+    def __next__(self) -> bytes:
+        """The next message (`MessageBuffer`) or chunk (`StreamBuffer`); the iteration ends at `PeerClosed`."""
+        try:
+            return self._next_item()
+        except PeerClosed:
+            raise StopIteration from None
+
+    def _next_item(self) -> bytes:
+        raise NotImplementedError
 
     def statistics(self) -> BufferStatistics:
         """The shared counters: messages and bytes in and out, peak fill, blocked waits, wake-ups."""
@@ -135,8 +181,9 @@ class _BufferBase(_native.Ring):
     @classmethod
     def _attach(cls: type[_B], region: Region, name: str) -> _B:
         entry = region.lookup(name, cls._kind)
-        obj = cls(region.mapping, entry.offset, name, _guard_for(region, entry.offset))
+        obj = cls(region.mapping, entry.offset, name, _guard_for(region, entry.offset), limit=entry.size)
         obj._setup(region)
+        region._remember(obj)
         return obj
 
     def __repr__(self) -> str:
@@ -159,6 +206,9 @@ class MessageBuffer(_BufferBase, _native.MessageRing):
     """
 
     _kind = L.KIND_MESSAGE_BUFFER
+
+    def _next_item(self) -> bytes:
+        return self.receive()
 
     @classmethod
     def create(cls, region: Region, name: str, size: int) -> MessageBuffer:
@@ -188,6 +238,9 @@ class StreamBuffer(_BufferBase, _native.StreamRing):
     """
 
     _kind = L.KIND_STREAM_BUFFER
+
+    def _next_item(self) -> bytes:
+        return self.read(self.capacity)
 
     @classmethod
     def create(cls, region: Region, name: str, size: int, *, trigger_level: int = 1) -> StreamBuffer:

@@ -11,10 +11,16 @@ descriptor's magic word is stored last, so a core that attaches (``Ipc.attach``)
 before use.
 
 Each buffer has one writer and one reader: channel sends from one core go through that core's
-``a`` or ``b`` buffer only. Within a process, two tasks must not send on the same channel at once
-(the buffer raises `RoleBusy`); different channels are independent. ``start()`` installs the strategy
-(the local hooks and the interrupt handler) and starts the local core's dispatcher; ``close()`` undoes
-both. ``send_from_isr`` never blocks (a try_send), as every FromISR call.
+``a`` or ``b`` buffer only. ``start()`` installs the strategy (the local hooks and the interrupt
+handler) and starts the local core's dispatcher; ``close()`` undoes both and closes this core's
+sides of the channels (the peer drains, then gets `PeerClosed`).
+
+Sending from tasks and interrupt handlers on one channel: a task's ``send`` writes the ring (and
+runs the send hook) inside the core's critical section, as firmware disables interrupts around the
+write (ST's toggle example), and waits for room outside it, never holding it while blocked. So an
+interrupt handler's ``send_from_isr`` on the same channel either completes or returns False when
+the buffer is full, never `RoleBusy`; tasks of one core may also share a channel. ``send_from_isr``
+never blocks, as every FromISR call.
 """
 
 from __future__ import annotations
@@ -22,11 +28,12 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+import time
 from typing import Any, TypeVar
 
 from . import _layout as L
 from .buffers import BufferStatistics, MessageBuffer
-from .errors import CorruptRegion, ObjectNotFound, RegionFull
+from .errors import CorruptRegion, ObjectNotFound, RegionFull, Timeout
 from .hw import Core, Hardware
 from .notify import (
     STRATEGIES,
@@ -300,8 +307,12 @@ class Ipc:
         try:
             self.strategy.uninstall()
         finally:
-            if self._owns_hardware:
-                self.hardware.close()
+            try:
+                for buf in (*self._tx, *self._rx):
+                    buf.close()
+            finally:
+                if self._owns_hardware:
+                    self.hardware.close()
 
     def __enter__(self: _I) -> _I:  # noqa: PYI019 - typing.Self needs Python 3.11
         return self
@@ -319,16 +330,37 @@ class Ipc:
         return channel
 
     def send(self, channel: int, data: Any, timeout: float | None = None) -> None:
-        """Send one message; waits for room until `timeout` (None: forever), then TimeoutError."""
-        self._tx[self._channel(channel)].send(data, timeout=timeout)
+        """Send one message; waits for room until `timeout` (None: forever), then `Timeout`.
+
+        The write runs in the core's critical section (see the module doc); the wait does not.
+        """
+        tx = self._tx[self._channel(channel)]
+        critical = self.core.critical_section
+        with critical():
+            if tx.try_send(data):
+                return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        size = memoryview(data).nbytes
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            room = tx.wait_writable(size, timeout=left)
+            with critical():
+                if tx.try_send(data):
+                    return
+            if not room:
+                raise Timeout(f"timed out waiting to send on channel {channel} of {self.name!r}")
 
     def try_send(self, channel: int, data: Any) -> bool:
         """Send one message if it fits now; False otherwise."""
-        return bool(self._tx[self._channel(channel)].try_send(data))
+        tx = self._tx[self._channel(channel)]
+        with self.core.critical_section():
+            return bool(tx.try_send(data))
 
     def send_from_isr(self, channel: int, data: Any) -> bool:
-        """The FromISR send: never blocks; False if the message does not fit now."""
-        return bool(self._tx[self._channel(channel)].try_send(data))
+        """The FromISR send: never blocks; False if the message does not fit now (never `RoleBusy`)."""
+        tx = self._tx[self._channel(channel)]
+        with self.core.critical_section():
+            return bool(tx.try_send(data))
 
     def receive(self, channel: int, timeout: float | None = None) -> bytes:
         """The next message of `channel`; waits until `timeout` (None: forever), then TimeoutError."""

@@ -13,9 +13,20 @@ Every value read from the header, the directory and the process table is checked
 segment's real size before use; a bad one raises `CorruptRegion` or `IncompatibleRegion`.
 
 Each process that creates or attaches takes a slot in the process table with its liveness token,
-so a blocked reader can tell that the other side has gone. The creator unlinks the segment on
-close; a region whose creator (and every other registered process) died is *stale* and
-`Region.create(..., replace_stale=True)` replaces it; a live one is never touched.
+so a blocked reader can tell that the other side has gone (an *observer*, ``attach(name,
+observe=True)``, takes none: tools that look at a running system do not keep a dead peer looking
+alive). The creator unlinks the segment on close; a region whose creator (and every other
+registered process) died is *stale* and `Region.create(..., replace_stale=True)` replaces it,
+whatever its layout version; a live one is never touched. A `Region` that is dropped without
+`close()` gives its slot back when it is collected or at interpreter exit, and a creator that exits
+without closing still unlinks its segment then.
+
+Trust: a segment is attached only if it belongs to the current user (or to a uid in
+``trusted_uids``); another user's segment under the expected name may be planted, so it is refused
+with `ForeignRegion`. Creating never reuses an existing segment (``O_EXCL``).
+
+Version-independent header words: bytes 0-31 (magic, version, size, creator pid, creator start)
+keep their meaning in every layout version, so a stale region of another version is recognised.
 """
 
 from __future__ import annotations
@@ -23,8 +34,10 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 import time
-from collections.abc import Iterator
+import weakref
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +45,7 @@ from . import _layout as L
 from . import _native
 from .errors import (
     CorruptRegion,
+    ForeignRegion,
     IncompatibleRegion,
     ObjectExists,
     ObjectNotFound,
@@ -39,6 +53,7 @@ from .errors import (
     RegionExists,
     RegionFull,
     RegionNotFound,
+    Timeout,
 )
 from .liveness import current_token, is_alive
 
@@ -77,6 +92,65 @@ class ProcessEntry:
     alive: bool
 
 
+class _Lifetime:
+    """What must be undone for one `Region` handle, kept apart from it so a finalizer can do it.
+
+    Only the process that made the handle undoes it: a forked child that drops an inherited handle
+    must neither free the parent's process slot nor unlink the parent's segment.
+    """
+
+    def __init__(self, name: str, mapping: _native.Mapping, creator: bool) -> None:
+        self.name = name
+        self.mapping = mapping
+        self.creator = creator
+        self.slot: int | None = None
+        self.unlinked = False
+        self.pid = os.getpid()
+
+    def release(self) -> None:
+        if os.getpid() != self.pid:
+            return
+        if self.slot is not None and not self.mapping.closed:
+            try:
+                self.mapping.cas_u32(self.slot + 4, L.PROC_STATE_ATTACHED, L.PROC_STATE_FREE)
+            except Exception:  # noqa: BLE001 - a faulted or corrupt mapping: the slot is lost with it
+                pass
+        self.slot = None
+        self.mapping.close()
+        if self.creator:
+            self.unlink()
+
+    def unlink(self) -> None:
+        if self.unlinked:
+            return
+        self.unlinked = True
+        try:
+            _native.shm_unlink("/" + self.name)
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                raise
+
+
+def _check_owner(name: str, fd: int, trusted_uids: Collection[int]) -> None:
+    """Refuse a segment that belongs to another user, unless its owner is trusted."""
+    st = os.fstat(fd)
+    me = os.geteuid()
+    if st.st_uid != me and st.st_uid not in trusted_uids:
+        os.close(fd)
+        raise ForeignRegion(
+            f"region {name!r} belongs to uid {st.st_uid} (mode {stat.S_IMODE(st.st_mode):#o}), not to this user "
+            f"(uid {me}): another user may have planted it; pass trusted_uids={{{st.st_uid}}} to share it deliberately",
+            owner_uid=st.st_uid, mode=stat.S_IMODE(st.st_mode),
+        )
+
+
+def _open_segment(name: str, flags: int, mode: int = 0o600) -> int:
+    try:
+        return _native.shm_open("/" + name, flags, mode)
+    except PermissionError as e:
+        raise ForeignRegion(f"region {name!r} may not be opened by this user: {e.strerror}") from None
+
+
 class Region:
     """A named shared-memory region with a directory of named objects.
 
@@ -94,9 +168,15 @@ class Region:
         finally:
             os.close(fd)
         self._view: memoryview | None = memoryview(self.mapping)
-        self._slot: int | None = None
         self._closed = False
-        self._unlinked = False
+        self._objects: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._life = _Lifetime(name, self.mapping, creator)
+        # Runs once: at close(), when the object is collected, or at interpreter exit.
+        self._finalizer = weakref.finalize(self, self._life.release)
+
+    @property
+    def _slot(self) -> int | None:
+        return self._life.slot
 
     # ---- creation and attachment ------------------------------------------------------------
 
@@ -114,7 +194,9 @@ class Region:
         """Create a region of `size` bytes (header included). Raises `RegionExists` if the name is taken.
 
         With ``replace_stale=True`` a region whose creator and attached processes are all dead is
-        unlinked and created anew.
+        unlinked and created anew, whatever its layout version (its creator is dead: the segment is
+        garbage). A segment of another user under that name raises `ForeignRegion`; an existing
+        segment is never reused.
         """
         validate_name(name)
         if directory_capacity < 1 or process_capacity < 1:
@@ -125,7 +207,7 @@ class Region:
         if size < objects_offset + L.OBJECT_ALIGN or size > 1 << 40:
             raise ValueError(f"size must be between {objects_offset + L.OBJECT_ALIGN} bytes and 1 TiB, not {size}")
         try:
-            fd = _native.shm_open("/" + name, os.O_RDWR | os.O_CREAT | os.O_EXCL, mode)
+            fd = _open_segment(name, os.O_RDWR | os.O_CREAT | os.O_EXCL, mode)
         except FileExistsError:
             stale = cls._is_stale(name)
             if not (replace_stale and stale):
@@ -136,7 +218,7 @@ class Region:
             except FileNotFoundError:
                 pass
             try:
-                fd = _native.shm_open("/" + name, os.O_RDWR | os.O_CREAT | os.O_EXCL, mode)
+                fd = _open_segment(name, os.O_RDWR | os.O_CREAT | os.O_EXCL, mode)
             except FileExistsError:
                 raise RegionExists(f"region {name!r} was created by another process meanwhile") from None
         try:
@@ -163,13 +245,19 @@ class Region:
         return region
 
     @classmethod
-    def attach(cls, name: str) -> Region:
-        """Attach to an existing region. Raises `RegionNotFound` or `IncompatibleRegion`."""
+    def attach(cls, name: str, *, observe: bool = False, trusted_uids: Collection[int] = ()) -> Region:
+        """Attach to an existing region. Raises `RegionNotFound`, `IncompatibleRegion` or `ForeignRegion`.
+
+        ``observe=True`` attaches without registering in the process table (for tools that watch a
+        running system: they never count as a peer that may take a role). ``trusted_uids``: other
+        users whose segments may be attached (by default only the current user's are).
+        """
         validate_name(name)
         try:
-            fd = _native.shm_open("/" + name, os.O_RDWR)
+            fd = _open_segment(name, os.O_RDWR)
         except FileNotFoundError:
             raise RegionNotFound(f"no region named {name!r}") from None
+        _check_owner(name, fd, trusted_uids)
         deadline = time.monotonic() + _ATTACH_WAIT
         while True:
             size = os.fstat(fd).st_size
@@ -202,7 +290,8 @@ class Region:
         region = cls(name, fd, size, creator=False)
         try:
             region._check_header()
-            region._register()
+            if not observe:
+                region._register()
         except BaseException:
             region.close()
             raise
@@ -210,17 +299,34 @@ class Region:
 
     @classmethod
     def _is_stale(cls, name: str) -> bool:
-        """True if the segment is an ampipc region whose registered processes are all dead."""
+        """True if the segment is an ampipc region (of any layout version) whose processes are all dead.
+
+        Raises `ForeignRegion` for another user's segment: it is never replaced nor reused.
+        """
         try:
-            region = cls.attach(name)
+            fd = _open_segment(name, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        _check_owner(name, fd, ())
+        try:
+            head = os.pread(fd, 32, 0)
+        finally:
+            os.close(fd)
+        if len(head) < 32 or int.from_bytes(head[0:4], "little") != L.REGION_MAGIC:
+            return False
+        creator_pid = int.from_bytes(head[16:20], "little")
+        creator_start = int.from_bytes(head[24:32], "little")
+        if is_alive(creator_pid, creator_start):
+            return False
+        if int.from_bytes(head[4:8], "little") != L.LAYOUT_VERSION:
+            return True  # its process table is of a layout this version cannot read; the creator is dead
+        try:
+            region = cls.attach(name, observe=True)
         except (IncompatibleRegion, CorruptRegion, RegionNotFound):
             return False
         try:
-            m = region.mapping
-            if is_alive(m.load_u32(L.OFF_CREATOR_PID), m.load_u64(L.OFF_CREATOR_START)):
-                return False
-            me = os.getpid()
-            return not any(p.alive for p in region.processes() if p.pid != me)
+            me = current_token()
+            return not any(p.alive for p in region.processes() if (p.pid, p.start_time) != me)
         finally:
             region.close()
 
@@ -269,10 +375,10 @@ class Region:
             if m.cas_u32(slot + 4, L.PROC_STATE_FREE, L.PROC_STATE_ATTACHED) == L.PROC_STATE_FREE:
                 m.store_u64(slot + 8, start)
                 m.store_u32(slot, pid)
-                self._slot = slot
+                self._life.slot = slot
                 return
         # A full table only costs liveness information; the region itself stays usable.
-        self._slot = None
+        self._life.slot = None
 
     def processes(self) -> list[ProcessEntry]:
         """The processes attached to this region, with whether each still runs."""
@@ -318,7 +424,7 @@ class Region:
                 m.cas_u32(L.OFF_LOCK, holder, 0)  # the holder died mid-allocation
                 continue
             if time.monotonic() > deadline:
-                raise TimeoutError(f"region {self.name!r}: the directory lock is held by pid {holder}")
+                raise Timeout(f"region {self.name!r}: the directory lock is held by pid {holder}")
             time.sleep(0.0005)
 
     def _unlock(self) -> None:
@@ -413,34 +519,41 @@ class Region:
     def _check_open(self) -> None:
         if self._closed:
             raise RegionClosed(f"region {self.name!r} is closed")
+        if self.mapping.faulted:
+            raise CorruptRegion(
+                f"region {self.name!r}: the segment was shrunk by another process while mapped here", object=self.name,
+                field="size", value=self.size,
+            )
+
+    def _remember(self, obj: Any) -> None:
+        """An object attached through this handle: `close()` closes its sides too (telling the peers)."""
+        self._objects.add(obj)
+
+    def _forget(self, obj: Any) -> None:
+        self._objects.discard(obj)
 
     def close(self) -> None:
-        """Detach; the creator also unlinks the segment. Never fails because objects are still alive."""
+        """Detach; the creator also unlinks the segment. Never fails because objects are still alive.
+
+        The sides of the buffers attached through this handle are closed first, so their peers drain
+        what is left and then get `PeerClosed`.
+        """
         if self._closed:
             return
-        if self._slot is not None and not self.mapping.closed:
+        for obj in list(self._objects):
             try:
-                self.mapping.cas_u32(self._slot + 4, L.PROC_STATE_ATTACHED, L.PROC_STATE_FREE)
-            except Exception:
+                obj.close()
+            except Exception:  # noqa: BLE001 - closing must not fail; a faulted mapping has no peer to tell
                 pass
         self._closed = True
         if self._view is not None:
             self._view.release()
             self._view = None
-        self.mapping.close()
-        if self.is_creator:
-            self.unlink()
+        self._finalizer()
 
     def unlink(self) -> None:
         """Remove the name; processes still attached keep their mapping."""
-        if self._unlinked:
-            return
-        self._unlinked = True
-        try:
-            _native.shm_unlink("/" + self.name)
-        except OSError as e:
-            if e.errno != errno.ENOENT:
-                raise
+        self._life.unlink()
 
     def __enter__(self) -> Region:
         return self

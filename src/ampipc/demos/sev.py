@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import Timeout
 from ..hw import IRQ_SEV, Core, Hardware
 from ..hw.boot import cm7_release_boot
 from ..region import Region
@@ -29,7 +30,7 @@ def _wait_word(core: Core, region: Region, offset: int, value: int) -> int:
     deadline = time.monotonic() + CHILD_TIMEOUT
     while region.mapping.load_u32(offset) != value:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"word at {offset} never reached {value}")
+            raise Timeout(f"word at {offset} never reached {value}")
         if core.wfe(timeout=0.1):
             events += 1
     return events

@@ -31,7 +31,7 @@ import math
 import time
 
 from .. import _native
-from ..errors import BlockingInIsr, ObjectNotFound, RegionNotFound
+from ..errors import BlockingInIsr, ObjectNotFound, RegionNotFound, Timeout
 from ..region import Region
 from . import _regs as R
 from .hardware import Hardware
@@ -74,7 +74,7 @@ def _remaining(deadline: float | None) -> float | None:
 def _sleep_until_next_poll(deadline: float | None, what: str) -> None:
     remaining = _remaining(deadline)
     if remaining is not None and remaining <= 0:
-        raise TimeoutError(f"boot synchronisation timed out while waiting for {what}")
+        raise Timeout(f"boot synchronisation timed out while waiting for {what}")
     time.sleep(0.01 if remaining is None else min(0.01, remaining))
 
 
@@ -128,7 +128,7 @@ def cm4_wait_for_boot(
             remaining = _remaining(deadline)
             if remaining is not None and remaining <= 0:
                 me.hsem.deactivate_notification(mask)
-                raise TimeoutError(
+                raise Timeout(
                     f"boot synchronisation timed out: core {core} saw no boot release on HSEM {sem_id}"
                 )
             m.futex_wait(pending_off, seen, _POLL if remaining is None else min(_POLL, remaining))

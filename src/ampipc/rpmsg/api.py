@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 
-from ..errors import IpcError, NoBuffer, PeerDied
+from ..errors import IpcError, NoBuffer, PeerDied, Timeout
 from ..region import Region
 from ._wire import (
     DEMO_SHM_NAME,
@@ -124,7 +124,7 @@ class RpmsgDevice:
                     if transport.doorbell.peer_gone:
                         raise PeerDied("the driver hung up before it set DRIVER_OK")
                     if deadline is not None and time.monotonic() >= deadline:
-                        raise TimeoutError(f"the driver did not set DRIVER_OK within {open_timeout} s")
+                        raise Timeout(f"the driver did not set DRIVER_OK within {open_timeout} s")
                     transport.doorbell.wait(_STATUS_POLL)
                 self._core.start_device()
         except BaseException:
@@ -471,7 +471,7 @@ def OPENAMP_Wait_EndPointready(ept: Endpoint, timeout: float | None = None) -> N
     device = _st()
     while not ept.is_bound:
         if deadline is not None and time.monotonic() >= deadline:
-            raise TimeoutError(f"endpoint {ept.name!r} was not bound within {timeout} s")
+            raise Timeout(f"endpoint {ept.name!r} was not bound within {timeout} s")
         device.poll(0.001)
 
 

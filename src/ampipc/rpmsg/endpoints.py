@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 
-from ..errors import IpcError, ResourceExhausted
+from ..errors import IpcError, ResourceExhausted, Timeout
 from ._wire import RPMSG_ADDR_ANY, RPMSG_ADDR_BMP_SIZE, RPMSG_RESERVED_ADDRESSES
 from .rpmsg_virtio import Message, NameService
 
@@ -112,7 +112,7 @@ class Endpoint:
         while not self._link._wait_event(self._bound, 0.05):
             self._check_link()
             if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"endpoint {self.name!r} was not bound to a peer within {timeout} s")
+                raise Timeout(f"endpoint {self.name!r} was not bound to a peer within {timeout} s")
 
     def wait_unbound(self, timeout: float | None = None) -> None:
         """Block until the peer destroys its side (name-service DESTROY)."""
@@ -120,7 +120,7 @@ class Endpoint:
         while not self._link._wait_event(self._unbound, 0.05):
             self._check_link()
             if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"the peer of endpoint {self.name!r} did not go away within {timeout} s")
+                raise Timeout(f"the peer of endpoint {self.name!r} did not go away within {timeout} s")
 
     def _check_link(self) -> None:
         self._link._check_open()
@@ -155,7 +155,7 @@ class Endpoint:
                 raise IpcError(f"endpoint {self.name!r} is destroyed")
             left = 0.1 if deadline is None else deadline - time.monotonic()
             if left <= 0:
-                raise TimeoutError(f"no message for endpoint {self.name!r} within {timeout} s")
+                raise Timeout(f"no message for endpoint {self.name!r} within {timeout} s")
             self._link._wait_slice(self, min(left, 0.1))
 
     def receive(self, timeout: float | None = None) -> bytes:

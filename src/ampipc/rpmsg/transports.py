@@ -38,7 +38,7 @@ from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
 from .. import _native
-from ..errors import IpcError, ObjectNotFound, ProtocolError
+from ..errors import IpcError, ObjectNotFound, ProtocolError, Timeout
 from ..hw import Core
 from ..liveness import current_token, is_alive
 from ..region import Region
@@ -294,7 +294,7 @@ class LinuxTransport(_Opened[SocketDoorbell]):
                 break
             except TimeoutError:
                 if deadline is not None and time.monotonic() >= deadline:
-                    raise TimeoutError(f"no peer connected to {self.socket_path} within {timeout} s") from None
+                    raise Timeout(f"no peer connected to {self.socket_path} within {timeout} s") from None
         listener.close()
         self._listener = None
         return conn
@@ -319,7 +319,7 @@ class LinuxTransport(_Opened[SocketDoorbell]):
                     break
                 pause = min(pause, left)
             time.sleep(pause)
-        raise TimeoutError(f"could not connect to {self.socket_path}: {last}")
+        raise Timeout(f"could not connect to {self.socket_path}: {last}")
 
     def close(self) -> None:
         self._closing.set()
@@ -571,7 +571,7 @@ class RegionTransport(_Opened[Doorbell]):
                     break
                 except ObjectNotFound:
                     if deadline is not None and time.monotonic() >= deadline:
-                        raise TimeoutError(f"no rpmsg object {self.name!r} appeared within {timeout} s") from None
+                        raise Timeout(f"no rpmsg object {self.name!r} appeared within {timeout} s") from None
                     time.sleep(0.005)
         m = self.mapping
         self.object_offset = off
@@ -591,7 +591,7 @@ class RegionTransport(_Opened[Doorbell]):
         else:
             while w.load_word(_OFF_MAGIC) != _RT_MAGIC:
                 if deadline is not None and time.monotonic() >= deadline:
-                    raise TimeoutError(f"rpmsg object {self.name!r} was not initialised within {timeout} s")
+                    raise Timeout(f"rpmsg object {self.name!r} was not initialised within {timeout} s")
                 time.sleep(0.002)
             if w.u32(_OFF_VERSION) != _RT_VERSION:
                 raise ProtocolError(f"rpmsg object {self.name!r} has layout version {w.u32(_OFF_VERSION)}")
