@@ -245,7 +245,7 @@ class DmaChannel:
 
     def clear_flags(self, mask: int = FLAG_TCIF | FLAG_TEIF) -> int:
         """Clear TCIF/TEIF (the IFCR write of an ISR); returns the flags found."""
-        return self.controller._m.fetch_and_u32(self._regs + _C_FLAGS, ~(mask & (FLAG_TCIF | FLAG_TEIF)) & 0xFFFFFFFF)
+        return self.controller.clear_flags(self.number, mask)
 
     @property
     def last_error(self) -> tuple[int, int, int]:
@@ -361,6 +361,13 @@ class DmaController:
             errors=m.load_u64(regs + _C_ERRORS), busy_seconds=m.load_u64(regs + _C_BUSY) / 1e9,
             flags=m.load_u32(regs + _C_FLAGS), owner_pid=m.load_u32(regs + _C_OWNER),
         )
+
+    def clear_flags(self, number: int, mask: int = FLAG_TCIF | FLAG_TEIF) -> int:
+        """Clear TCIF/TEIF of any channel (the other core's handler does this); returns the flags found."""
+        if not 0 <= number < self.channels:
+            raise ValueError(f"channel must be in 0..{self.channels - 1}")
+        regs = self._base + _REGS + number * _STRIDE
+        return self._m.fetch_and_u32(regs + _C_FLAGS, ~(mask & (FLAG_TCIF | FLAG_TEIF)) & 0xFFFFFFFF)
 
     def close(self) -> None:
         """Stop this process's engine (queued transfers end with an error) and give up its channels."""

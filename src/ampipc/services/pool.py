@@ -343,7 +343,6 @@ class PayloadPool:
     def _freed(self) -> None:
         """Counters and wake-up after a slot became free."""
         m, base = self._m, self._base
-        m.fetch_sub_u32(base + OFF_IN_USE, 1)
         m.fetch_add_u32(base + OFF_SEQ, 1)
         if m.load_u32(base + OFF_WAITERS):
             m.futex_wake(base + OFF_SEQ)
@@ -351,11 +350,18 @@ class PayloadPool:
     def _give_up(self, slot: int, word: int, new_state: int, pid: int = 0) -> bool:
         """The owner hands the slot on: clear its start time first, then one CAS."""
         entry = self._entry(slot)
-        self._m.store_u64(entry + E_START, 0)
+        m = self._m
+        m.store_u64(entry + E_START, 0)
         gen = word >> 32
         if new_state == FREE:
             gen += 1
-        return self._m.cas_u64(entry + E_CONTROL, word, _word(gen, new_state, pid)) == word
+            # counted out while still owned, so in-use never exceeds the slot count
+            m.fetch_sub_u32(self._base + OFF_IN_USE, 1)
+        if m.cas_u64(entry + E_CONTROL, word, _word(gen, new_state, pid)) == word:
+            return True
+        if new_state == FREE:
+            m.fetch_add_u32(self._base + OFF_IN_USE, 1)
+        return False
 
     # ---- producer -------------------------------------------------------------------------------
 

@@ -1,0 +1,193 @@
+"""The virtual DMA controller: byte-for-byte copies, out-of-bounds transfers raising the error
+interrupt without writing, interrupts on another process's core, priorities, channel claims."""
+
+from __future__ import annotations
+
+import os
+import queue
+import random
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ampipc import IpcError, Region
+from ampipc.hw import Hardware
+from ampipc.hw.dma import FLAG_TCIF, FLAG_TEIF, DmaController, DmaError, Priority, RegionAddress
+from ampipc.services import PayloadPool
+
+from . import _workers as W
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def chip(make_region: Any) -> Any:
+    region = make_region(8 << 20)
+    hw = Hardware.create(region)
+    dma = DmaController.create(region, hw)
+    try:
+        yield region, hw, dma
+    finally:
+        dma.close()
+        hw.close()
+
+
+def test_private_to_region_and_back_byte_for_byte(chip: Any) -> None:
+    region, _, dma = chip
+    off = region.allocate("frames", "raw", 2 << 20)
+    ch = dma.channel(0)
+    rng = random.Random(1)
+    for size in (0, 1, 63, 64, 4097, 1 << 20):
+        src = rng.randbytes(size)
+        ch.copy(src, RegionAddress(off), timeout=W.GENEROUS)
+        assert bytes(region.view[off : off + size]) == src
+        back = bytearray(size + 10)
+        t = ch.copy(RegionAddress(off), back, size, destination_offset=5, timeout=W.GENEROUS)
+        assert bytes(back[5 : 5 + size]) == src and back[:5] == bytes(5) and back[5 + size :] == bytes(5)
+        assert t.done and t.error == 0
+    stats = ch.statistics()
+    assert stats.transfers == 12 and stats.errors == 0 and stats.bytes == 2 * sum((0, 1, 63, 64, 4097, 1 << 20))
+
+
+def test_within_the_region_overlapping_is_a_memmove(chip: Any) -> None:
+    region, _, dma = chip
+    off = region.allocate("frames", "raw", 1 << 16)
+    data = random.Random(2).randbytes(1000)
+    region.view[off : off + 1000] = data
+    dma.channel(0).copy(RegionAddress(off), RegionAddress(off + 100), 1000, timeout=W.GENEROUS)
+    assert bytes(region.view[off + 100 : off + 1100]) == data
+
+
+def test_numpy_arrays_and_pool_slots(chip: Any) -> None:
+    region, _, dma = chip
+    pool = PayloadPool.create(region, "pool", slots=2, slot_size=1 << 16)
+    loan = pool.loan(timeout=0)
+    frame = np.arange(1 << 14, dtype=np.float32)
+    target = loan.array(np.float32, frame.shape)
+    dma.channel(0).copy(frame, target, timeout=W.GENEROUS)  # a numpy view of the slot is a buffer too
+    assert np.array_equal(target, frame)
+    del target
+    loan.cancel()
+    pool.close()
+
+
+@pytest.mark.parametrize("where", ["source", "destination", "private"])
+def test_out_of_bounds_raises_the_error_interrupt_and_writes_nothing(chip: Any, where: str) -> None:
+    region, hw, dma = chip
+    off = region.allocate("frames", "raw", 4096)
+    region.view[off : off + 4096] = b"\x5a" * 4096
+    ch = dma.channel(2)
+    ch.set_interrupts("CM7", complete_line=8, error_line=9)
+    core = hw.core("CM7")
+    seen: list[tuple[int, int]] = []
+    arrived = threading.Event()
+
+    def handler(line: int) -> None:
+        seen.append((line, ch.clear_flags()))
+        arrived.set()
+
+    core.attach_handler(8, handler)
+    core.attach_handler(9, handler)
+    core.start()
+    private = bytearray(b"\xa5" * 4096)
+    if where == "source":
+        args: tuple[Any, Any, int] = (RegionAddress(region.size - 100), RegionAddress(off), 4096)
+    elif where == "destination":
+        args = (private, RegionAddress(region.size - 4000), 4096)
+    else:  # more bytes than the private destination has
+        args = (RegionAddress(off), private, 8192)
+    with pytest.raises(DmaError) as info:
+        ch.copy(*args, timeout=W.GENEROUS)
+    assert arrived.wait(W.GENEROUS)
+    assert seen == [(9, FLAG_TEIF)]
+    assert info.value.code == ch.last_error[0] != 0
+    assert bytes(region.view[off : off + 4096]) == b"\x5a" * 4096 and private == b"\xa5" * 4096
+    assert bytes(region.view[region.size - 4000 :]) == bytes(4000)
+    assert ch.statistics().errors == 1 and ch.statistics().transfers == 0
+    # the header of the region is outside the DMA's window as well
+    with pytest.raises(DmaError):
+        ch.copy(private, RegionAddress(0), 64, timeout=W.GENEROUS)
+    assert Region.attach(region.name).close() is None  # the header is intact
+
+
+def test_completion_interrupt_reaches_another_process(chip: Any, spawn: Any) -> None:
+    """A child (the CM4) DMAs frames into the region; this process's CM7 handler checks each one."""
+    region, hw, dma = chip
+    size, frames = 1 << 16, 20
+    base = region.allocate("frames", "raw", size + 64) + 64
+    core = hw.core("CM7")
+    dma_view = DmaController.attach(region, hw)
+    problems: list[str] = []
+    errors = threading.Event()
+
+    def on_complete(line: int) -> None:
+        flags = dma_view.clear_flags(1)
+        if not flags & FLAG_TCIF:
+            problems.append(f"transfer-complete line without TCIF (flags {flags})")
+        done = region.mapping.load_u32(base - 64)
+        if bytes(region.view[base : base + size]) != random.Random(done).randbytes(size):
+            problems.append(f"frame {done} differs (flags {flags})")
+        region.mapping.store_u32(base - 64, done + 1)
+        region.mapping.futex_wake(base - 64)
+
+    core.attach_handler(6, on_complete)
+    core.attach_handler(7, lambda line: errors.set())
+    core.start()
+    results = spawn.ctx.Queue()
+    child = spawn(W.dma_into_region, region.name, base, frames, size, results)
+    try:
+        first = results.get(timeout=W.GENEROUS)
+        second = results.get(timeout=W.GENEROUS)
+    except queue.Empty:
+        raise AssertionError("the DMA child reported nothing") from None
+    assert first == ("error", "DmaError") and second == ("ok", frames)
+    assert errors.wait(W.GENEROUS)
+    assert problems == []
+    assert region.mapping.load_u32(base - 64) == frames
+    stats = dma_view.statistics(1)
+    assert stats.transfers == frames and stats.errors == 1 and stats.bytes == frames * size
+    assert spawn.join(child) == 0
+    dma_view.close()
+
+
+def test_priority_order_when_queued_together(chip: Any) -> None:
+    """With the engine busy on a long copy, a very-high channel's transfer overtakes low ones."""
+    region, _, dma = chip
+    off = region.allocate("frames", "raw", 4 << 20)
+    big = bytes(4 << 20)
+    low, high = dma.channel(3, priority=Priority.LOW), dma.channel(4, priority=Priority.VERY_HIGH)
+    blocker = low.start(big, RegionAddress(off))
+    lows = [low.start(b"l" * 64, bytearray(64)) for _ in range(5)]
+    highs = [high.start(b"h" * 64, bytearray(64)) for _ in range(5)]
+    for t in [blocker, *lows, *highs]:
+        t.wait(W.GENEROUS)
+    if lows[0]._native.times_ns[1] < blocker._native.times_ns[2]:  # type: ignore[index]
+        pytest.fail("a queued transfer started before the running one finished")
+    started = {id(t): t._native.times_ns[1] for t in lows + highs}  # type: ignore[index]
+    queued_behind = [t for t in lows + highs if started[id(t)] > blocker._native.times_ns[1]]  # type: ignore[index]
+    if len(queued_behind) == 10:  # all ten were queued while the blocker ran: the order is decided
+        assert max(started[id(t)] for t in highs) < min(started[id(t)] for t in lows)
+
+
+def test_channels_are_claimed_per_process(chip: Any) -> None:
+    region, hw, dma = chip
+    dma.channel(5)
+    with Region.attach(region.name) as other:
+        twin = DmaController.attach(other, hw)
+        twin_owner = twin.statistics(5).owner_pid
+        assert twin_owner == os.getpid()
+        twin.close()
+    with pytest.raises(ValueError):
+        dma.channel(99)
+    with pytest.raises(TypeError):
+        dma.channel(0).start(b"abc", b"readonly!")
+
+
+def test_closed_controller_refuses(chip: Any) -> None:
+    _, _, dma = chip
+    ch = dma.channel(0)
+    dma.close()
+    with pytest.raises(IpcError):
+        ch.start(b"a", bytearray(1))
