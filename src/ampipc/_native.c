@@ -203,20 +203,25 @@ static void sigbus_handler(int sig, siginfo_t *info, void *context) {
         }
         break;
     }
-    if (previous_sigbus.sa_flags & SA_SIGINFO) {
-        if (previous_sigbus.sa_sigaction != NULL) {
-            previous_sigbus.sa_sigaction(sig, info, context);
-            return;
-        }
-    } else if (previous_sigbus.sa_handler != SIG_DFL && previous_sigbus.sa_handler != SIG_IGN) {
-        previous_sigbus.sa_handler(sig);
+    /* Not ours: let the handler that was there before see the retried access (faulthandler prints
+     * its traceback); if the same fault comes back to us, the default action ends the process. */
+    static uintptr_t last_foreign_fault = 0;
+    if (addr != last_foreign_fault && previous_sigbus.sa_handler != SIG_DFL && previous_sigbus.sa_handler != SIG_IGN) {
+        last_foreign_fault = addr;
+        sigaction(SIGBUS, &previous_sigbus, NULL);
         return;
     }
-    /* not ours and nobody else's: the default action, when the faulting access is retried */
     signal(SIGBUS, SIG_DFL);
 }
 
+/* Installed at import and checked again whenever a mapping is made: a handler installed after ours
+ * (faulthandler, for one, which pytest enables) would otherwise see our faults first and end the
+ * process. Ours goes back in front and passes on every fault that is not ours. */
 static void guard_install(void) {
+    struct sigaction current;
+    if (sigaction(SIGBUS, NULL, &current) == 0 && (current.sa_flags & SA_SIGINFO) &&
+        current.sa_sigaction == sigbus_handler)
+        return;
     page_size = sysconf(_SC_PAGESIZE);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -283,6 +288,7 @@ static int mapping_init(MappingObject *self, PyObject *args, PyObject *kwds) {
     self->size = size;
     self->closed = 0;
     self->guard_slot = guard_register(self->base, (size_t)size);
+    guard_install();
     return 0;
 }
 
@@ -1101,10 +1107,8 @@ static PyObject *raise_timeout(RingObject *r, const char *what) {
 static PyObject *ring_finish(RingObject *r, PyObject *ret) {
     if (r->mapping != NULL && mapping_faulted(r->mapping)) {
         Py_XDECREF(ret);
-        if (!PyErr_Occurred() || !PyErr_ExceptionMatches(ErrCorrupt)) {
-            PyErr_Clear();
-            mapping_raise_faulted(r->mapping);
-        }
+        PyErr_Clear(); /* whatever the call made of the zero pages, the cause is the shrink */
+        mapping_raise_faulted(r->mapping);
         return NULL;
     }
     return ret;

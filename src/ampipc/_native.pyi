@@ -17,6 +17,9 @@ class Mapping:
     def size(self) -> int: ...
     @property
     def closed(self) -> bool: ...
+    @property
+    def faulted(self) -> bool:
+        """True once an access faulted because another process shrank the segment."""
     def close(self) -> None: ...
     def __buffer__(self, flags: int, /) -> memoryview: ...
     def __release_buffer__(self, buffer: memoryview, /) -> None: ...
@@ -39,7 +42,9 @@ class Mapping:
 class Ring:
     """What message and stream rings share (not instantiable on its own)."""
 
-    def __init__(self, mapping: Mapping, offset: int, name: str, guard: bytearray | None = None) -> None: ...
+    def __init__(
+        self, mapping: Mapping, offset: int, name: str, guard: bytearray | None = None, limit: int = -1
+    ) -> None: ...
     @property
     def name(self) -> str: ...
     @property
@@ -54,6 +59,20 @@ class Ring:
     def is_empty(self) -> bool: ...
     @property
     def is_full(self) -> bool: ...
+    @property
+    def writer_closed(self) -> bool:
+        """True while the writer side is closed (until a new writer takes the role)."""
+    @property
+    def reader_closed(self) -> bool:
+        """True while the reader side is closed (until a new reader takes the role)."""
+    @property
+    def closed(self) -> bool:
+        """True once this object was closed."""
+    def wait_readable(self, timeout: float | None = None) -> bool:
+        """Wait until a receive would not block (data there, or the writer closed); False at the timeout."""
+    def wait_writable(self, nbytes: int, /, timeout: float | None = None) -> bool:
+        """Wait until a send of `nbytes` would not block (room, or the reader closed); False at the timeout."""
+    def _close(self, roles: int, /) -> None: ...
     trigger_level: int
     spin: float
     on_send_completed: Callable[[Any], object] | None
@@ -95,6 +114,8 @@ def _set_errors(
     closed: type[BaseException],
     role_busy: type[BaseException],
     in_isr: type[BaseException],
+    timeout: type[BaseException],
+    peer_closed: type[BaseException],
     /,
 ) -> None: ...
 def set_isr_context(flag: bool, /) -> bool: ...

@@ -57,7 +57,7 @@ from .errors import (
 )
 from .liveness import current_token, is_alive
 
-__all__ = ["Region", "ObjectEntry", "ProcessEntry", "validate_name"]
+__all__ = ["Region", "ObjectEntry", "ProcessEntry", "validate_name", "check_segment_owner"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,31}$")
 _ATTACH_WAIT = 2.0  # seconds an attacher waits for a creator that is still initialising
@@ -131,12 +131,16 @@ class _Lifetime:
                 raise
 
 
-def _check_owner(name: str, fd: int, trusted_uids: Collection[int]) -> None:
-    """Refuse a segment that belongs to another user, unless its owner is trusted."""
+def check_segment_owner(name: str, fd: int, trusted_uids: Collection[int] = (), *, close_on_error: bool = True) -> None:
+    """Raise `ForeignRegion` if the open segment `fd` belongs to another user not in `trusted_uids`.
+
+    The descriptor is closed when it raises (unless ``close_on_error=False``).
+    """
     st = os.fstat(fd)
     me = os.geteuid()
     if st.st_uid != me and st.st_uid not in trusted_uids:
-        os.close(fd)
+        if close_on_error:
+            os.close(fd)
         raise ForeignRegion(
             f"region {name!r} belongs to uid {st.st_uid} (mode {stat.S_IMODE(st.st_mode):#o}), not to this user "
             f"(uid {me}): another user may have planted it; pass trusted_uids={{{st.st_uid}}} to share it deliberately",
@@ -257,7 +261,7 @@ class Region:
             fd = _open_segment(name, os.O_RDWR)
         except FileNotFoundError:
             raise RegionNotFound(f"no region named {name!r}") from None
-        _check_owner(name, fd, trusted_uids)
+        check_segment_owner(name, fd, trusted_uids)
         deadline = time.monotonic() + _ATTACH_WAIT
         while True:
             size = os.fstat(fd).st_size
@@ -307,7 +311,7 @@ class Region:
             fd = _open_segment(name, os.O_RDONLY)
         except FileNotFoundError:
             return False
-        _check_owner(name, fd, ())
+        check_segment_owner(name, fd)
         try:
             head = os.pread(fd, 32, 0)
         finally:

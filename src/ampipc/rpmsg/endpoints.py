@@ -150,7 +150,14 @@ class Endpoint:
             with self._cond:
                 if self._queue:
                     return self._queue.popleft()
-            self._check_link()
+            try:
+                self._check_link()
+            except IpcError:
+                # drain before you declare death: what the link delivered before it closed is still read
+                with self._cond:
+                    if self._queue:
+                        return self._queue.popleft()
+                raise
             if self.destroyed:
                 raise IpcError(f"endpoint {self.name!r} is destroyed")
             left = 0.1 if deadline is None else deadline - time.monotonic()

@@ -41,7 +41,7 @@ from .. import _native
 from ..errors import IpcError, ObjectNotFound, ProtocolError, Timeout
 from ..hw import Core
 from ..liveness import current_token, is_alive
-from ..region import Region
+from ..region import Region, check_segment_owner
 from ._window import Window
 from ._wire import (
     DEMO_POOL_OFFSET,
@@ -247,10 +247,35 @@ class LinuxTransport(_Opened[SocketDoorbell]):
         self._bound_socket = False
 
     def _map(self) -> None:
-        fd = _native.shm_open(self.shm_name, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            if os.fstat(fd).st_size < self.shm_size:
+        """The server creates the file anew (never reusing one it did not create); the client opens it.
+
+        Either side refuses a file owned by another user (`ForeignRegion`): it may have been planted.
+        """
+        if self.server:
+            try:
+                fd = _native.shm_open(self.shm_name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                # left by an earlier run: replace it if it is ours, refuse it otherwise
+                old = _native.shm_open(self.shm_name, os.O_RDONLY)
+                try:
+                    check_segment_owner(self.shm_name, old, close_on_error=False)
+                finally:
+                    os.close(old)
+                _native.shm_unlink(self.shm_name)
+                fd = _native.shm_open(self.shm_name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
                 os.ftruncate(fd, self.shm_size)
+            except BaseException:
+                os.close(fd)
+                raise
+        else:
+            fd = _native.shm_open(self.shm_name, os.O_RDWR)
+            check_segment_owner(self.shm_name, fd)
+            size = os.fstat(fd).st_size
+            if size < self.shm_size:
+                os.close(fd)
+                raise ProtocolError(f"{self.shm_name} has {size} bytes, fewer than the {self.shm_size} expected")
+        try:
             self._mapping = _native.Mapping(fd, self.shm_size)
         finally:
             os.close(fd)
