@@ -272,7 +272,7 @@ class _ExportRoute(Route):
                 data = source.receive(_SLICE)
             except TimeoutError:
                 continue
-            except (PeerClosed, PeerDied) as e:
+            except (PeerClosed, PeerDied, RegionClosed) as e:
                 log.info("bridge export %s: the source ended (%s)", self.key, e)
                 self._publisher.delete()  # the end-of-stream mark, after every message
                 self._set_state("source ended")
