@@ -54,7 +54,7 @@ def test_version() -> None:
     assert result.stdout.strip() == f"ampipc {ampipc.__version__}"
 
 
-@pytest.mark.parametrize("demo", ["main", "boot-sync", "message-buffer", "multi", "toggle", "sev", "openamp"])
+@pytest.mark.parametrize("demo", ["main", "boot-sync", "message-buffer", "multi", "toggle", "sev", "openamp", "cm-ipc"])
 def test_quiet_prints_exactly_the_summary(demo: str) -> None:
     result = _run("demo", demo, "--quiet")
     assert result.returncode == 0, (result.stdout, result.stderr)
