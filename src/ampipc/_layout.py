@@ -31,11 +31,11 @@ Buffer header (256 bytes; the storage follows at ``data offset``)::
 
     line 0, constants written once at creation (trigger level: either side, FreeRTOS rules)
     0   u32  magic           "AMSB" (0x42534D41)
-    4   u32  flags           bit 0: message buffer
+    4   u32  flags           bit 0: message buffer, 1: static, 2: batching, 3: strict (no zero-length)
     8   u32  length          xLength = capacity + 1 (one byte is always kept free)
     12  u32  data offset     from the header
     16  u32  trigger level
-    20  u32  prefix size     4 (message length prefix, little-endian)
+    20  u32  prefix size     1, 2, 4 (default) or 8: the message length prefix, little-endian
     24  u32  total size      header + storage
     line 1 (64), written by the writer only
     64  u32  head            xHead, the next byte to write; the reader's futex word
@@ -52,6 +52,9 @@ Buffer header (256 bytes; the storage follows at ``data offset``)::
     changes only when somebody blocks.
     192 u32  tx waiting      1 while the writer sleeps (xTaskWaitingToSend)
     196 u32  rx waiting      1 while the reader sleeps (xTaskWaitingToReceive)
+    200 u32  writer closed   1 after the writer's close(); cleared when a writer takes the role again
+                             (or by the reader, once it has reported PeerClosed)
+    204 u32  reader closed   1 after the reader's close(); cleared when a reader takes the role again
 """
 
 from __future__ import annotations
@@ -94,13 +97,19 @@ OBJECT_ALIGN = 64
 RING_MAGIC = 0x42534D41
 RING_HEADER_SIZE = 256
 RING_FLAG_MESSAGE = 1
+RING_FLAG_STATIC = 2  # created with the static convention: xLength = size, capacity size - 1
+RING_FLAG_BATCHING = 4  # a FreeRTOS >= 11.1 batching stream buffer: readers need more than the trigger
+RING_FLAG_STRICT = 8  # strict FreeRTOS mode: zero-length messages are refused
 PREFIX_SIZE = 4
+PREFIX_WIDTHS = (1, 2, 4, 8)
 RING_CONSTANTS = struct.Struct("<IIIIIII")  # magic, flags, length, data offset, trigger, prefix, total
 RING_OFF_TRIGGER = 16
 RING_OFF_HEAD = 64
 RING_OFF_TX_WAITING = 192
 RING_OFF_TAIL = 128
 RING_OFF_RX_WAITING = 196
+RING_OFF_WRITER_CLOSED = 200
+RING_OFF_READER_CLOSED = 204
 
 KIND_MESSAGE_BUFFER = "message_buffer"
 KIND_STREAM_BUFFER = "stream_buffer"

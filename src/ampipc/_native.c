@@ -82,8 +82,12 @@
 #define OFF_WAKES_BY_READER 176
 #define RING_HEADER_SIZE 256
 
+/* flags, as FreeRTOS's ucFlags where they exist: message, static, batching; then ampipc's strict mode */
 #define FLAG_MESSAGE 1u
-#define PREFIX_SIZE 4u
+#define FLAG_STATIC 2u
+#define FLAG_BATCHING 4u
+#define FLAG_STRICT 8u /* refuse zero-length messages, which a FreeRTOS reader cannot consume */
+#define PREFIX_SIZE 4u /* the default length-prefix width: sizeof(size_t) on a 32-bit MCU */
 
 #define WAIT_SLICE_NS 100000000LL /* 100 ms: the longest a wait goes without re-checking */
 #define DEFAULT_SPIN_NS 50000
@@ -579,6 +583,8 @@ typedef struct {
     uint32_t length;   /* xLength = capacity + 1, cached and re-checked against the header */
     uint32_t data_off; /* of the storage, relative to the header */
     int is_message;
+    uint32_t flags;
+    uint32_t prefix; /* message length-prefix width: 1, 2, 4 or 8 bytes (configMESSAGE_BUFFER_LENGTH_TYPE) */
     PyObject *name;
     PyObject *send_hook;    /* NULL: the default direct futex wake */
     PyObject *receive_hook; /* NULL: the default direct futex wake */
@@ -749,7 +755,8 @@ static void ring_send_completed(RingObject *r, uint32_t new_head, uint32_t tail)
     uint32_t fill = st_avail(&s);
     if ((uint64_t)fill > ld64_rlx(h + OFF_PEAK)) st64_rlx(h + OFF_PEAK, fill);
     uint32_t trigger = ld32_rlx(h + OFF_TRIGGER);
-    if (fill < trigger) return;
+    /* a batching buffer (FreeRTOS >= 11.1, main) notifies only once the fill exceeds the trigger */
+    if ((r->flags & FLAG_BATCHING) ? fill <= trigger : fill < trigger) return;
     if (r->send_hook != NULL)
         ring_call_hook(r, r->send_hook, ROLE_WRITER);
     else
@@ -769,11 +776,11 @@ static void ring_receive_completed(RingObject *r) {
 static int op_message_send(RingObject *r, const unsigned char *src, uint32_t n) {
     ring_state s;
     if (ring_load(r, &s, ROLE_WRITER) < 0) return -1;
-    if (st_spaces(&s) < n + PREFIX_SIZE) return 0;
-    unsigned char prefix[4] = {(unsigned char)n, (unsigned char)(n >> 8), (unsigned char)(n >> 16),
-                               (unsigned char)(n >> 24)};
-    ring_copy_in(r, s.head, prefix, PREFIX_SIZE);
-    uint32_t at = ring_advance(r, s.head, PREFIX_SIZE);
+    if (st_spaces(&s) < n + r->prefix) return 0;
+    unsigned char prefix[8] = {(unsigned char)n, (unsigned char)(n >> 8), (unsigned char)(n >> 16),
+                               (unsigned char)(n >> 24), 0, 0, 0, 0}; /* little-endian, as on ARM and x86 */
+    ring_copy_in(r, s.head, prefix, r->prefix);
+    uint32_t at = ring_advance(r, s.head, r->prefix);
     ring_copy_in(r, at, src, n);
     uint32_t new_head = ring_advance(r, at, n);
     unsigned char *h = ring_hdr(r);
@@ -809,19 +816,20 @@ static int op_stream_send(RingObject *r, const unsigned char *src, uint32_t n, u
 static int ring_peek_length(RingObject *r, ring_state *s, uint32_t *len) {
     uint32_t avail = st_avail(s);
     if (avail == 0) return 0;
-    if (avail < PREFIX_SIZE) {
+    if (avail < r->prefix) {
         raise_corrupt(r, "head", s->head, "leaves fewer bytes than a length prefix in the buffer");
         return -1;
     }
-    unsigned char prefix[4];
-    ring_copy_out(r, s->tail, prefix, PREFIX_SIZE);
-    uint32_t n = (uint32_t)prefix[0] | ((uint32_t)prefix[1] << 8) | ((uint32_t)prefix[2] << 16) |
-                 ((uint32_t)prefix[3] << 24);
-    if (n > avail - PREFIX_SIZE) {
-        raise_corrupt(r, "message length prefix", n, "is longer than the bytes in the buffer");
+    unsigned char prefix[8];
+    ring_copy_out(r, s->tail, prefix, r->prefix);
+    uint64_t n = 0;
+    for (uint32_t i = 0; i < r->prefix; i++) n |= (uint64_t)prefix[i] << (8 * i);
+    if (n > avail - r->prefix) {
+        raise_corrupt(r, "message length prefix", (long long)(n > LLONG_MAX ? LLONG_MAX : n),
+                      "is longer than the bytes in the buffer");
         return -1;
     }
-    *len = n;
+    *len = (uint32_t)n;
     return 1;
 }
 
@@ -834,7 +842,7 @@ static int op_message_receive(RingObject *r, unsigned char *dst, Py_ssize_t dst_
     uint32_t n;
     int k = ring_peek_length(r, &s, &n);
     if (k <= 0) return k;
-    uint32_t at = ring_advance(r, s.tail, PREFIX_SIZE);
+    uint32_t at = ring_advance(r, s.tail, r->prefix);
     if (dst == NULL) {
         PyObject *b = PyBytes_FromStringAndSize(NULL, n);
         if (b == NULL) return -1;
@@ -869,12 +877,14 @@ static int op_message_receive(RingObject *r, unsigned char *dst, Py_ssize_t dst_
     return 1;
 }
 
-/* Stream receive of up to `max` bytes into dst. */
-static int op_stream_receive(RingObject *r, unsigned char *dst, uint32_t max, uint32_t *got) {
+/* Stream receive of up to `max` bytes into dst, only if more than `gate` bytes are there (FreeRTOS:
+ * a batching buffer's task-level receive reads only above its trigger level). */
+static int op_stream_receive(RingObject *r, unsigned char *dst, uint32_t max, uint32_t *got, uint32_t gate) {
     ring_state s;
     *got = 0;
     if (ring_load(r, &s, ROLE_READER) < 0) return -1;
     uint32_t k = st_avail(&s);
+    if (k <= gate) return 0;
     if (k > max) k = max;
     if (k == 0) return 0;
     ring_copy_out(r, s.tail, dst, k);
@@ -910,7 +920,8 @@ static inline Py_ssize_t peer_closed_off(int role) { return role == ROLE_WRITER 
 static int ring_check_peer_closed(RingObject *r, int role, int probe) {
     unsigned char *h = ring_hdr(r);
     if (ld32_acq(h + peer_closed_off(role)) == 0) return 0;
-    if (probe || (role == ROLE_READER && ring_ready(r, ROLE_READER, 1))) return 1;
+    if (probe) return 1;
+    if (role == ROLE_READER && ring_ready(r, ROLE_READER, 1)) return 2; /* drain first */
     /* A reader is told once per close (the end of that writer's stream): the next receive waits
      * for a new writer. A writer keeps being told until a new reader takes the role. */
     if (role == ROLE_READER) st32_rel(h + OFF_WRITER_CLOSED, 0);
@@ -920,7 +931,8 @@ static int ring_check_peer_closed(RingObject *r, int role, int probe) {
 }
 
 /* Wait until ring_ready(role, need) or the deadline. Returns 1 ready (or worth retrying), 0 at
- * the deadline, -1 on error (signal, closed region, dead or closed peer, corrupt state).
+ * the deadline, 2 when the peer is gone but data is left (to drain, below any trigger level), -1 on
+ * error (signal, closed region, dead or closed peer, corrupt state).
  * Drain before you declare death: a reader whose writer died or closed still gets every byte the
  * writer published; PeerDied / PeerClosed come only when nothing is left. */
 static int ring_wait(RingObject *r, int role, uint32_t need, int64_t deadline, int probe) {
@@ -1017,7 +1029,7 @@ static int ring_wait(RingObject *r, int role, uint32_t need, int64_t deadline, i
                 if (role == ROLE_READER && ring_ready(r, ROLE_READER, 1) &&
                     !PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
                     PyErr_Clear(); /* data left: deliver it; the death is reported once it is drained */
-                    result = 1;
+                    result = 2;
                 } else
                     result = -1;
                 goto out;
@@ -1092,7 +1104,16 @@ static int refuse_in_isr(RingObject *r, int64_t timeout_ns, const char *what) {
  * (FreeRTOS); so it waits for that many bytes, or its deadline, then takes what there is. */
 static uint32_t ring_trigger(RingObject *r) {
     uint32_t trigger = ld32_rlx(ring_hdr(r) + OFF_TRIGGER);
-    return (trigger == 0 || trigger >= r->length) ? 1 : trigger;
+    if (trigger == 0 || trigger >= r->length) trigger = 1;
+    if ((r->flags & FLAG_BATCHING) && trigger < r->length - 1) trigger++; /* more than the trigger */
+    return trigger;
+}
+
+/* The bytes a task-level stream read needs to exceed before it reads anything (0: none). */
+static uint32_t ring_read_gate(RingObject *r) {
+    if (!(r->flags & FLAG_BATCHING) || in_isr_context) return 0; /* an ISR read ignores it, as FreeRTOS's */
+    uint32_t trigger = ld32_rlx(ring_hdr(r) + OFF_TRIGGER);
+    return trigger >= r->length ? r->length - 1 : trigger;
 }
 
 static int64_t deadline_from(int64_t timeout_ns) { return timeout_ns < 0 ? -1 : now_ns() + timeout_ns; }
@@ -1127,9 +1148,13 @@ static int get_src(PyObject *data, Py_buffer *view) {
 }
 
 static PyObject *message_too_large(RingObject *r, Py_ssize_t n) {
-    PyErr_Format(ErrTooLarge,
-                 "a %zd-byte message needs %zd bytes (4-byte length prefix) but buffer %R holds at most %u",
-                 n, n + (Py_ssize_t)PREFIX_SIZE, r->name, r->length - 1);
+    if (r->prefix < 4 && (uint64_t)n >> (8 * r->prefix))
+        PyErr_Format(ErrTooLarge, "a %zd-byte message does not fit in the %u-byte length prefix of buffer %R", n,
+                     r->prefix, r->name);
+    else
+        PyErr_Format(ErrTooLarge,
+                     "a %zd-byte message needs %zd bytes (%u-byte length prefix) but buffer %R holds at most %u", n,
+                     n + (Py_ssize_t)r->prefix, r->prefix, r->name, r->length - 1);
     return NULL;
 }
 
@@ -1144,8 +1169,14 @@ static PyObject *message_send_impl(RingObject *r, PyObject *data, int64_t timeou
         PyBuffer_Release(&v);
         return NULL;
     }
-    if ((uint64_t)n + PREFIX_SIZE > (uint64_t)r->length - 1) {
+    if ((uint64_t)n + r->prefix > (uint64_t)r->length - 1 || (r->prefix < 4 && (uint64_t)n >> (8 * r->prefix))) {
         message_too_large(r, v.len);
+        PyBuffer_Release(&v);
+        return NULL;
+    }
+    if (n == 0 && (r->flags & FLAG_STRICT)) {
+        PyErr_Format(PyExc_ValueError, "buffer %R is in strict FreeRTOS mode: a FreeRTOS reader cannot consume "
+                     "a zero-length message", r->name);
         PyBuffer_Release(&v);
         return NULL;
     }
@@ -1170,7 +1201,7 @@ static PyObject *message_send_impl(RingObject *r, PyObject *data, int64_t timeou
             ret = raise_on_full ? raise_timeout(r, "send") : Py_NewRef(Py_False);
             break;
         }
-        int w = ring_wait(r, ROLE_WRITER, n + PREFIX_SIZE, deadline, 0);
+        int w = ring_wait(r, ROLE_WRITER, n + r->prefix, deadline, 0);
         if (w < 0) break;
         if (w == 0) {
             /* one last attempt: the space may have come free as the deadline passed; the region
@@ -1344,8 +1375,8 @@ static PyObject *stream_read_impl(RingObject *r, unsigned char *dst, uint32_t ma
     int err = 0;
     *got = 0;
     if (max > 0) {
-        for (int last = 0;;) {
-            int k = op_stream_receive(r, dst, max, got);
+        for (int last = 0, drain = 0;;) {
+            int k = op_stream_receive(r, dst, max, got, drain ? 0 : ring_read_gate(r));
             if (k < 0) {
                 err = 1;
                 break;
@@ -1361,6 +1392,7 @@ static PyObject *stream_read_impl(RingObject *r, unsigned char *dst, uint32_t ma
                 break;
             }
             if (w == 0) last = 1;
+            if (w == 2) drain = 1; /* the writer is gone: what is left is read, below the trigger too */
         }
     }
     guard_exit(r, ROLE_READER);
@@ -1461,7 +1493,7 @@ static PyObject *ring_wait_ready(RingObject *r, int role, uint32_t need, int64_t
     int w = ring_wait(r, role, need, deadline_from(timeout_ns), 1);
     if (w < 0) return NULL;
     if (ring_open(r) < 0) return NULL;
-    int ready = w == 1 || ring_ready(r, role, need) || ring_check_peer_closed(r, role, 1);
+    int ready = w >= 1 || ring_ready(r, role, need) || ring_check_peer_closed(r, role, 1);
     return ring_finish(r, PyBool_FromLong(ready));
 }
 
@@ -1478,10 +1510,10 @@ static PyObject *ring_wait_writable(RingObject *r, PyObject *const *args, Py_ssi
     Py_ssize_t n = PyLong_AsSsize_t(pos[0]);
     if (n == -1 && PyErr_Occurred()) return NULL;
     if (r->mapping == NULL) return ring_wait_ready(r, ROLE_WRITER, 1, t); /* raises: not initialised */
-    Py_ssize_t need = n + (r->is_message ? (Py_ssize_t)PREFIX_SIZE : 0);
+    Py_ssize_t need = n + (r->is_message ? (Py_ssize_t)r->prefix : 0);
     if (n < 0 || need > (Py_ssize_t)r->length - 1) {
         PyErr_Format(PyExc_ValueError, "nbytes must be 0..%zd for buffer %R, not %zd",
-                     (Py_ssize_t)r->length - 1 - (r->is_message ? (Py_ssize_t)PREFIX_SIZE : 0), r->name, n);
+                     (Py_ssize_t)r->length - 1 - (r->is_message ? (Py_ssize_t)r->prefix : 0), r->name, n);
         return NULL;
     }
     return ring_wait_ready(r, ROLE_WRITER, need == 0 ? 1 : (uint32_t)need, t);
@@ -1494,6 +1526,8 @@ static PyObject *ring_flag(RingObject *r, Py_ssize_t off) {
 static PyObject *ring_get_writer_closed(RingObject *r, void *c) { return ring_flag(r, OFF_WRITER_CLOSED); }
 static PyObject *ring_get_reader_closed(RingObject *r, void *c) { return ring_flag(r, OFF_READER_CLOSED); }
 static PyObject *ring_get_closed(RingObject *r, void *c) { return PyBool_FromLong(r->closed); }
+static PyObject *ring_get_prefix_width(RingObject *r, void *c) { return PyLong_FromUnsignedLong(r->prefix); }
+static PyObject *ring_get_flags(RingObject *r, void *c) { return PyLong_FromUnsignedLong(r->flags); }
 
 static PyObject *ring_reset(RingObject *r, PyObject *unused) {
     if (ring_open(r) < 0) return NULL;
@@ -1516,7 +1550,7 @@ static PyObject *ring_state_value(RingObject *r, int which) {
     case 0: return PyLong_FromUnsignedLong(st_avail(&s));
     case 1: return PyLong_FromUnsignedLong(st_spaces(&s));
     case 2: return PyBool_FromLong(s.head == s.tail);
-    case 3: return PyBool_FromLong(st_spaces(&s) <= (r->is_message ? PREFIX_SIZE : 0));
+    case 3: return PyBool_FromLong(st_spaces(&s) <= (r->is_message ? r->prefix : 0));
     default: {
         uint32_t n;
         int k = ring_peek_length(r, &s, &n);
@@ -1678,11 +1712,11 @@ static int ring_init(RingObject *self, PyObject *args, PyObject *kwds) {
         return -1;
     }
     if (flags & FLAG_MESSAGE) {
-        if (prefix != PREFIX_SIZE) {
-            raise_corrupt(self, "prefix size", prefix, "is not 4");
+        if (prefix != 1 && prefix != 2 && prefix != 4 && prefix != 8) {
+            raise_corrupt(self, "prefix size", prefix, "is not 1, 2, 4 or 8");
             return -1;
         }
-        if (length - 1 < PREFIX_SIZE) {
+        if (length - 1 < prefix) {
             raise_corrupt(self, "length", length, "is too small for a message buffer");
             return -1;
         }
@@ -1691,6 +1725,8 @@ static int ring_init(RingObject *self, PyObject *args, PyObject *kwds) {
     self->length = length;
     self->data_off = data_off;
     self->is_message = (flags & FLAG_MESSAGE) != 0;
+    self->flags = flags;
+    self->prefix = self->is_message ? prefix : 0;
     self->limit = (uint32_t)(limit > 0xFFFFFFFF ? 0xFFFFFFFF : limit);
     self->spin_ns = default_spin_ns;
     self->spin_cur = default_spin_ns;
@@ -1795,7 +1831,9 @@ static PyMethodDef stream_methods[] = {
     {"offset", (getter)ring_get_offset, NULL, "The header's offset in the region.", NULL},                       \
     {"writer_closed", (getter)ring_get_writer_closed, NULL, "True while the writer side is closed.", NULL},       \
     {"reader_closed", (getter)ring_get_reader_closed, NULL, "True while the reader side is closed.", NULL},       \
-    {"closed", (getter)ring_get_closed, NULL, "True once this object was closed.", NULL}
+    {"closed", (getter)ring_get_closed, NULL, "True once this object was closed.", NULL},                         \
+    {"prefix_width", (getter)ring_get_prefix_width, NULL, "Bytes of each message's length prefix (0: stream).", NULL}, \
+    {"_flags", (getter)ring_get_flags, NULL, "The header's flags word (message, static, batching, strict).", NULL}
 
 static PyGetSetDef ring_getset[] = {
     COMMON_GETSET,

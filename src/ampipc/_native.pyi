@@ -73,6 +73,11 @@ class Ring:
     def wait_writable(self, nbytes: int, /, timeout: float | None = None) -> bool:
         """Wait until a send of `nbytes` would not block (room, or the reader closed); False at the timeout."""
     def _close(self, roles: int, /) -> None: ...
+    @property
+    def prefix_width(self) -> int:
+        """Bytes of each message's length prefix (1, 2, 4 or 8; 0 for a stream buffer)."""
+    @property
+    def _flags(self) -> int: ...
     trigger_level: int
     spin: float
     on_send_completed: Callable[[Any], object] | None

@@ -44,13 +44,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from . import _layout as L
 from . import _native
 from .errors import PeerClosed, PeerDied
 from .liveness import current_token, is_alive
 from .region import Region
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 __all__ = ["MessageBuffer", "StreamBuffer", "BufferStatistics"]
 
@@ -88,20 +91,32 @@ def _ring_bytes(capacity: int) -> int:
     return L.RING_HEADER_SIZE + L.align_up(capacity + 1)
 
 
-def _init_header(region: Region, offset: int, capacity: int, *, message: bool, trigger: int) -> None:
+def _init_header(region: Region, offset: int, capacity: int, *, flags: int, trigger: int, prefix: int) -> None:
     total = _ring_bytes(capacity)
     L.RING_CONSTANTS.pack_into(
         region.view,
         offset,
         0,  # magic last
-        L.RING_FLAG_MESSAGE if message else 0,
+        flags,
         capacity + 1,
         L.RING_HEADER_SIZE,
         trigger,
-        L.PREFIX_SIZE,
+        prefix,
         total,
     )
     region.mapping.store_u32(offset, L.RING_MAGIC)
+
+
+def _capacity(size: object, static: bool, minimum: int, what: str) -> int:
+    """The bytes a buffer of `size` holds: `size` (dynamic creation) or `size` - 1 (static creation).
+
+    FreeRTOS's static creation hands over a SIZE-byte storage array and keeps one byte of it free
+    (xLength = SIZE); dynamic creation allocates SIZE + 1 bytes (xLength = SIZE + 1).
+    """
+    low = minimum + (1 if static else 0)
+    if not isinstance(size, int) or isinstance(size, bool) or size < low or size >= 1 << 31:
+        raise ValueError(f"a {what}'s size must be between {low} and 2**31 - 1, not {size!r}")
+    return size - 1 if static else size
 
 
 _B = TypeVar("_B", bound="_BufferBase")
@@ -211,12 +226,30 @@ class MessageBuffer(_BufferBase, _native.MessageRing):
         return self.receive()
 
     @classmethod
-    def create(cls, region: Region, name: str, size: int) -> MessageBuffer:
-        """Create a message buffer that holds `size` bytes, length prefixes included."""
-        if not isinstance(size, int) or size <= L.PREFIX_SIZE or size >= 1 << 31:
-            raise ValueError(f"a message buffer's size must be between {L.PREFIX_SIZE + 1} and 2**31 - 1, not {size!r}")
-        offset = region.allocate(name, cls._kind, _ring_bytes(size))
-        _init_header(region, offset, size, message=True, trigger=1)
+    def create(
+        cls,
+        region: Region,
+        name: str,
+        size: int,
+        *,
+        static: bool = False,
+        prefix_width: int = L.PREFIX_SIZE,
+        strict: bool = False,
+    ) -> MessageBuffer:
+        """Create a message buffer that holds `size` bytes, length prefixes included.
+
+        ``static=True`` follows ``xMessageBufferCreateStatic``: a `size`-byte storage holds
+        `size` - 1 bytes. ``prefix_width`` is ``sizeof(configMESSAGE_BUFFER_LENGTH_TYPE)``: 4 on a
+        32-bit MCU, 8 for an x86-64 FreeRTOS peer, 1 or 2 to save space (a message longer than
+        the prefix can count is refused). ``strict=True`` refuses zero-length messages, which a
+        FreeRTOS reader cannot consume.
+        """
+        if prefix_width not in L.PREFIX_WIDTHS:
+            raise ValueError(f"prefix_width must be one of {L.PREFIX_WIDTHS}, not {prefix_width!r}")
+        capacity = _capacity(size, static, prefix_width + 1, "message buffer")
+        flags = L.RING_FLAG_MESSAGE | (L.RING_FLAG_STATIC if static else 0) | (L.RING_FLAG_STRICT if strict else 0)
+        offset = region.allocate(name, cls._kind, _ring_bytes(capacity))
+        _init_header(region, offset, capacity, flags=flags, trigger=1, prefix=prefix_width)
         return cls._attach(region, name)
 
     @classmethod
@@ -243,15 +276,40 @@ class StreamBuffer(_BufferBase, _native.StreamRing):
         return self.read(self.capacity)
 
     @classmethod
-    def create(cls, region: Region, name: str, size: int, *, trigger_level: int = 1) -> StreamBuffer:
-        """Create a stream buffer of capacity `size`; `trigger_level` 0 becomes 1, above `size` is an error."""
-        if not isinstance(size, int) or size <= 0 or size >= 1 << 31:
-            raise ValueError(f"a stream buffer's size must be between 1 and 2**31 - 1, not {size!r}")
-        if trigger_level < 0 or trigger_level > size:
-            raise ValueError(f"trigger_level must be between 0 and the size {size}, not {trigger_level}")
-        offset = region.allocate(name, cls._kind, _ring_bytes(size))
-        _init_header(region, offset, size, message=False, trigger=max(trigger_level, 1))
+    def create(
+        cls,
+        region: Region,
+        name: str,
+        size: int,
+        *,
+        trigger_level: int = 1,
+        static: bool = False,
+        batching: bool = False,
+    ) -> StreamBuffer:
+        """Create a stream buffer of capacity `size`; `trigger_level` 0 becomes 1, above `size` is an error.
+
+        ``static=True`` follows ``xStreamBufferCreateStatic`` (a `size`-byte storage holds `size`
+        - 1 bytes). ``batching=True`` makes a FreeRTOS >= 11.1 batching buffer
+        (``xStreamBatchingBufferCreate``): a task's read returns data only once *more* than
+        `trigger_level` bytes are there (at its timeout it returns b"" otherwise), and the send
+        hook fires only above the trigger level; an interrupt handler's read ignores the trigger.
+        """
+        capacity = _capacity(size, static, 1, "stream buffer")
+        if trigger_level < 0 or trigger_level > capacity:
+            raise ValueError(f"trigger_level must be between 0 and the capacity {capacity}, not {trigger_level}")
+        flags = (L.RING_FLAG_STATIC if static else 0) | (L.RING_FLAG_BATCHING if batching else 0)
+        offset = region.allocate(name, cls._kind, _ring_bytes(capacity))
+        _init_header(region, offset, capacity, flags=flags, trigger=max(trigger_level, 1), prefix=L.PREFIX_SIZE)
         return cls._attach(region, name)
+
+    def write_once(self, data: Buffer, timeout: float | None = None) -> int:
+        """``xStreamBufferSend``'s blocking behaviour: wait until all of `data` fits (capped at the
+        capacity) or the timeout, then write what fits, once; returns the count (0 at a timeout
+        with no room at all)."""
+        size = memoryview(data).nbytes
+        if size and timeout != 0:
+            self.wait_writable(min(size, self.capacity), timeout=timeout)
+        return self.try_write(data)
 
     @classmethod
     def attach(cls, region: Region, name: str) -> StreamBuffer:
