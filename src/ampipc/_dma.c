@@ -491,8 +491,12 @@ static PyObject *engine_submit(EngineObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "priority must be 0 (low) .. 3 (very high)");
         return NULL;
     }
-    if (length < 0 || src_off < 0 || dst_off < 0) {
-        PyErr_SetString(PyExc_ValueError, "offsets and length must be >= 0");
+    if (length < -1 || src_off < 0 || dst_off < 0) {
+        PyErr_SetString(PyExc_ValueError, "offsets must be >= 0 and length >= 0 (or -1: what the private sides hold)");
+        return NULL;
+    }
+    if (length == -1 && src == Py_None && dst == Py_None) {
+        PyErr_SetString(PyExc_ValueError, "length is required for a copy within the region");
         return NULL;
     }
     reap(self);
@@ -515,6 +519,12 @@ static PyObject *engine_submit(EngineObject *self, PyObject *args) {
     if (dst != Py_None) {
         if (PyObject_GetBuffer(dst, &t->dst_view, PyBUF_WRITABLE) < 0) goto fail;
         t->has_dst = 1;
+    }
+    if (t->length == -1) { /* the room past the offsets of the private side(s) */
+        Py_ssize_t room = PY_SSIZE_T_MAX;
+        if (t->has_src) room = t->src_view.len - src_off;
+        if (t->has_dst && t->dst_view.len - dst_off < room) room = t->dst_view.len - dst_off;
+        t->length = room < 0 ? 0 : room;
     }
     t->submitted_ns = now_ns();
     Py_INCREF(t); /* the engine's reference, dropped by reap() */
@@ -542,7 +552,8 @@ static PyMethodDef engine_methods[] = {
     {"configure", (PyCFunction)engine_configure, METH_VARARGS,
      "configure(channel, pending_off, raised_off, tc_line, te_line): where the channel's interrupts go."},
     {"submit", (PyCFunction)engine_submit, METH_VARARGS,
-     "submit(channel, priority, src, src_off, dst, dst_off, length) -> Transfer (None = region address)."},
+     "submit(channel, priority, src, src_off, dst, dst_off, length) -> Transfer (None = region address;"
+     " length -1 = what the private side(s) hold past the offsets)."},
     {"reap", (PyCFunction)engine_reap, METH_NOARGS, "Drop finished transfers' buffer exports; returns how many."},
     {"close", (PyCFunction)engine_close, METH_NOARGS, "Stop the worker (queued transfers are aborted)."},
     {NULL},

@@ -191,41 +191,36 @@ class DmaChannel:
             -1 if complete_line is None else complete_line, -1 if error_line is None else error_line,
         )
 
-    def _resolve(self, endpoint: Endpoint, offset: int, what: str) -> tuple[Any, int, int | None]:
-        """(buffer or None for the region, offset, bytes available or None)."""
-        if isinstance(endpoint, RegionAddress):
+    @staticmethod
+    def _split(endpoint: Endpoint, offset: int, what: str) -> tuple[Any, int]:
+        """(buffer, offset) of a private side, (None, region offset) of a `RegionAddress`."""
+        if type(endpoint) is RegionAddress:
             if offset:
                 raise ValueError(f"give a RegionAddress's offset in the address, not as {what}_offset")
-            if isinstance(endpoint.offset, bool) or not isinstance(endpoint.offset, int) or endpoint.offset < 0:
-                raise ValueError(f"a region address is a non-negative int offset, not {endpoint.offset!r}")
-            return None, endpoint.offset, None
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-            raise ValueError(f"{what}_offset must be a non-negative int, not {offset!r}")
-        try:
-            with memoryview(endpoint) as view:
-                size = view.nbytes
-                if what == "destination" and view.readonly:
-                    raise TypeError("the destination buffer is read-only")
-        except TypeError as exc:
-            raise TypeError(f"the {what} must be a RegionAddress or a buffer: {exc}") from None
-        return endpoint, offset, size
+            endpoint, offset = None, endpoint.offset
+        if type(offset) is not int or offset < 0:
+            raise ValueError(f"the {what} offset must be a non-negative int, not {offset!r}")
+        return endpoint, offset
 
     def start(
         self, source: Endpoint, destination: Endpoint, length: int | None = None, *,
         source_offset: int = 0, destination_offset: int = 0,
     ) -> DmaTransfer:
         """Queue a copy and return at once. `length` defaults to what the private side(s) hold past the offset."""
-        self.controller._check_open()
-        src, src_off, src_room = self._resolve(source, source_offset, "source")
-        dst, dst_off, dst_room = self._resolve(destination, destination_offset, "destination")
+        engine = self.controller._engine if self.controller._engine is not None else self.controller._engine_for()
+        src, src_off = self._split(source, source_offset, "source")
+        dst, dst_off = self._split(destination, destination_offset, "destination")
         if length is None:
-            rooms = [room - off for room, off in ((src_room, src_off), (dst_room, dst_off)) if room is not None]
-            if not rooms:
-                raise ValueError("length is required for a copy within the region")
-            length = max(0, min(rooms))
-        if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+            length = -1
+        elif type(length) is not int or length < 0:
             raise ValueError(f"length must be a non-negative int, not {length!r}")
-        native = self.controller._engine_for().submit(self.number, int(self.priority), src, src_off, dst, dst_off, length)
+        try:
+            native = engine.submit(self.number, self.priority, src, src_off, dst, dst_off, length)
+        except BufferError as exc:  # a read-only destination
+            raise TypeError(f"the destination must be a writable buffer: {exc}") from None
+        except ValueError:
+            self.controller._check_open()
+            raise
         return DmaTransfer(self, native, src_off, dst_off)
 
     def copy(

@@ -25,6 +25,7 @@ message). That is one copy more than a native scatter-gather send into the ring 
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 import threading
@@ -122,6 +123,7 @@ def normalise_dtype(dtype: Any) -> tuple[str, int]:
     return text, _ITEMSIZE[_STRUCT_FORMATS[text]]
 
 
+@functools.lru_cache(maxsize=256)
 def check_wire_dtype(raw: bytes) -> tuple[str, int]:
     """The type string of a header, checked; ProtocolError if unusable here."""
     text = raw.split(b"\0", 1)[0]

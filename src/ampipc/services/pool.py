@@ -325,10 +325,10 @@ class PayloadPool:
         return self._view[start : start + self.slot_size]
 
     def _pid(self) -> tuple[int, int]:
-        pid, start = current_token()
-        if pid > _PID_MASK:
-            raise IpcError(f"pid {pid} does not fit the pool's {_PID_BITS}-bit owner field")
-        return pid, start
+        token = current_token()
+        if token[0] > _PID_MASK:
+            raise IpcError(f"pid {token[0]} does not fit the pool's {_PID_BITS}-bit owner field")
+        return token
 
     def _note_in_use(self) -> None:
         m, base = self._m, self._base
@@ -429,7 +429,7 @@ class PayloadPool:
             raise ValueError("the loan belongs to another pool")
         if loan.dtype is not None and loan.shape is not None and length is None:
             dtype, shape = loan.dtype, loan.shape
-            nbytes = math.prod(shape) * A.normalise_dtype(dtype)[1]
+            nbytes = math.prod(shape) * A.check_wire_dtype(dtype.encode("ascii"))[1]
         else:
             nbytes = self.slot_size if length is None else length
             if isinstance(nbytes, bool) or not isinstance(nbytes, int) or not 0 <= nbytes <= self.slot_size:
