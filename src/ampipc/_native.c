@@ -1711,6 +1711,10 @@ static int ring_init(RingObject *self, PyObject *args, PyObject *kwds) {
         raise_corrupt(self, "length", length, "does not fit in the object");
         return -1;
     }
+    if (flags & ~(FLAG_MESSAGE | FLAG_STATIC | FLAG_BATCHING | FLAG_STRICT)) {
+        raise_corrupt(self, "flags", flags, "has bits no buffer kind defines");
+        return -1;
+    }
     if (flags & FLAG_MESSAGE) {
         if (prefix != 1 && prefix != 2 && prefix != 4 && prefix != 8) {
             raise_corrupt(self, "prefix size", prefix, "is not 1, 2, 4 or 8");
