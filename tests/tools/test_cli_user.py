@@ -16,6 +16,7 @@ import pytest
 
 import ampipc
 from ampipc import MessageBuffer, Region
+from ampipc.cli import _DEMOS
 from ampipc.liveness import is_alive
 
 pytestmark = pytest.mark.timeout(300)
@@ -54,7 +55,7 @@ def test_version() -> None:
     assert result.stdout.strip() == f"ampipc {ampipc.__version__}"
 
 
-@pytest.mark.parametrize("demo", ["main", "boot-sync", "message-buffer", "multi", "toggle", "sev", "openamp", "cm-ipc"])
+@pytest.mark.parametrize("demo", sorted(_DEMOS))
 def test_quiet_prints_exactly_the_summary(demo: str) -> None:
     result = _run("demo", demo, "--quiet")
     assert result.returncode == 0, (result.stdout, result.stderr)
