@@ -33,6 +33,7 @@ OTHER_MODULES = (
     ("notification strategies", "benchmarks.bench_strategies"),
     ("RPMsg", "benchmarks.bench_rpmsg"),
     ("asyncio against blocking calls", "benchmarks.bench_aio"),
+    ("payload pool, descriptors and DMA", "benchmarks.bench_payload"),
 )
 
 

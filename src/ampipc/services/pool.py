@@ -29,7 +29,9 @@ start time means "check the pid only"). At commit the producer also records the 
 and CRC-32 in the slot entry; `accept` refuses a descriptor whose pool nonce, slot, generation,
 state, length or CRC does not match (`StaleDescriptor`, `ForgedDescriptor`).
 
-Blocking: a loaner that finds no free slot registers in ``waiters``, re-scans, and sleeps on the
+Blocking: a loaner that finds no free slot first spins a bounded, adaptive time watching the
+release sequence (halved after a spin that ended in a sleep, as the buffers' spin); then it
+registers in ``waiters``, re-scans, and sleeps on the
 ``release sequence`` word (a futex) that every release and reclaim increments; a releaser wakes only
 when someone waits. Every wait slice (0.1 s) also reclaims the slots of dead owners, so a producer
 whose consumer died gets its slots back without help.
@@ -65,6 +67,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
+from .. import _native
 from ..errors import CorruptRegion, IncompatibleRegion, IpcError, ProtocolError, Timeout
 from ..liveness import current_token, is_alive
 from ..region import Region
@@ -254,6 +257,8 @@ class PayloadPool:
         self._view: memoryview | None = memoryview(m)
         self._lock = threading.Lock()
         self._mine: dict[int, Loan | Payload] = {}  # slots this process holds, given back at close
+        self.spin = _native.get_default_spin()  # seconds a blocked loan spins before sleeping (adaptive)
+        self._spin_now = self.spin
         self._closed = False
 
     # ---- creation and attachment ----------------------------------------------------------------
@@ -398,6 +403,17 @@ class PayloadPool:
             raise ValueError("timeout must be None or >= 0")
         m, base = self._m, self._base
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self._spin_now > 0:  # the releaser is often about to answer: a futex round costs more
+            seq = m.load_u32(base + OFF_SEQ)
+            stop = time.perf_counter() + min(self._spin_now, timeout if timeout is not None else 1.0)
+            while time.perf_counter() < stop:
+                if m.load_u32(base + OFF_SEQ) != seq:
+                    loan = self.try_loan()
+                    if loan is not None:
+                        self._spin_now = min(self.spin, 2 * self._spin_now)
+                        return loan
+                    seq = m.load_u32(base + OFF_SEQ)
+            self._spin_now = max(self.spin / 16, self._spin_now / 2)  # spinning failed: less next time
         m.fetch_add_u64(base + OFF_LOAN_WAITS, 1)
         while True:
             seq = m.load_u32(base + OFF_SEQ)
