@@ -480,7 +480,9 @@ class Connection:
                     raise ProtocolError("a chunk inside a chunked frame")
             elif self._reassembler.in_progress:
                 self._reassembler.reset()
-                raise ProtocolError("a frame interrupted a chunked frame (its pieces were dropped)")
+                stats.add("bad_frames")
+                log.warning("rpc connection %s: a frame interrupted a chunked frame (its pieces were dropped)",
+                            self.description)
         except ProtocolError as exc:
             stats.add("bad_frames")
             log.warning("rpc connection %s: %s", self.description, exc)
@@ -1123,7 +1125,9 @@ class Client:
                     raise ProtocolError("a chunk inside a chunked frame")
             elif self._reassembler.in_progress:
                 self._reassembler.reset()
-                raise ProtocolError("a frame interrupted a chunked frame (its pieces were dropped)")
+                stats.add("bad_frames")
+                log.warning("rpc client %s: a frame interrupted a chunked frame (its pieces were dropped)",
+                            self.description)
         except ProtocolError as exc:
             stats.add("bad_frames")
             log.warning("rpc client %s: %s", self.description, exc)
