@@ -36,6 +36,7 @@
 #include <structmember.h>
 
 #include <errno.h>
+#include <sched.h> /* sched_getaffinity, CPU_COUNT: Python.h defines _GNU_SOURCE */
 #include <signal.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -591,7 +592,8 @@ typedef struct {
     PyObject *peer_check;   /* called with (role,) after a wait slice runs out */
     PyObject *guard;        /* bytearray(2): in-process writer / reader busy flags */
     long spin_ns;  /* the configured spin */
-    long spin_cur; /* the spin in force: halved after a spin that ended in a sleep, regrown on success */
+    int spin_score;     /* the spin policy's record of recent spins (see spin_decide) */
+    unsigned spin_probe; /* waits since spinning was turned off */
     int in_hook; /* bit ROLE_WRITER: in the send hook; bit ROLE_READER: in the receive hook */
     int roles_used; /* bit per role this object has taken (what close() closes) */
     int closed;     /* this object was closed: its calls raise RegionClosed */
@@ -911,6 +913,41 @@ static inline int ring_ready(RingObject *r, int role, uint32_t need) {
     return role == ROLE_WRITER ? st_spaces(&s) >= need : st_avail(&s) >= need;
 }
 
+/* ---- the spin policy -------------------------------------------------------------------------- */
+
+#define SPIN_PROBE_EVERY 32 /* waits between probes while spinning is off */
+#define SPIN_SCORE_MAX 8
+#define CPU_RECHECK_EVERY 256 /* waits between affinity checks (taskset may change it) */
+
+static int usable_cpus = 0; /* CPUs this process may run on; 0: not known yet */
+static unsigned cpu_checks = 0;
+
+static int cpus_for_this_process(void) {
+    if (usable_cpus == 0 || (cpu_checks++ % CPU_RECHECK_EVERY) == 0) {
+        cpu_set_t set;
+        usable_cpus = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 2;
+    }
+    return usable_cpus;
+}
+
+/* How long to spin before this wait: the configured spin while spins succeed, nothing while they
+ * fail (score below zero), a probe of an eighth of it every SPIN_PROBE_EVERY waits meanwhile. */
+static long spin_decide(RingObject *r) {
+    if (r->spin_ns <= 0 || cpus_for_this_process() < 2) return 0;
+    if (r->spin_score >= 0) return r->spin_ns;
+    if (++r->spin_probe % SPIN_PROBE_EVERY == 0) return r->spin_ns / 8;
+    return 0;
+}
+
+/* A success earns one point, a failure costs two: spinning stays on only where it wins at least
+ * two waits in three. A success while off (a probe) turns it back on at once. */
+static void spin_learn(RingObject *r, int ready) {
+    if (ready)
+        r->spin_score = r->spin_score < 0 ? 0 : (r->spin_score < SPIN_SCORE_MAX ? r->spin_score + 1 : SPIN_SCORE_MAX);
+    else
+        r->spin_score = r->spin_score - 2 < -1 ? -1 : r->spin_score - 2;
+}
+
 static inline Py_ssize_t peer_closed_off(int role) { return role == ROLE_WRITER ? OFF_READER_CLOSED : OFF_WRITER_CLOSED; }
 
 /* The peer closed its side (orderly, like EOF on a pipe). A reader first drains what is left, so
@@ -944,13 +981,13 @@ static int ring_wait(RingObject *r, int role, uint32_t need, int64_t deadline, i
     int result = 0;
 
     m->busy++;
-    /* Bounded spin first: the peer is often about to answer, and a futex round costs microseconds. */
-    /* Adaptive: when the machine has more runnable processes than cores, spinning only delays
-     * the peer it waits for, so a spin that fails halves the next one (down to a floor that still
-     * catches a quick answer) and a spin that succeeds doubles it back up to the configured value. */
-    if (r->spin_cur > 0) {
+    /* Bounded spin first: the peer is often about to answer, and a futex round costs microseconds.
+     * A spin must never cost more than it saves (spin_decide): none when this process may run on
+     * one CPU only (the peer cannot answer while we spin), and none after spins keep failing (a
+     * loaded machine), but for a short probe now and then that finds out when spinning pays again. */
+    long spin = spin_decide(r);
+    if (spin > 0) {
         int ready = 0;
-        long spin = r->spin_cur;
         Py_BEGIN_ALLOW_THREADS
         int64_t start = now_ns();
         int64_t stop = start + spin;
@@ -964,13 +1001,11 @@ static int ring_wait(RingObject *r, int role, uint32_t need, int64_t deadline, i
             if ((i & 63) == 0 && now_ns() >= stop) break;
         }
         Py_END_ALLOW_THREADS
-        long floor = r->spin_ns / 16;
+        spin_learn(r, ready);
         if (ready) {
-            r->spin_cur = spin * 2 > r->spin_ns ? r->spin_ns : spin * 2;
             result = 1;
             goto out;
         }
-        r->spin_cur = spin / 2 < floor ? floor : spin / 2;
     }
     for (;;) {
         int64_t slice = WAIT_SLICE_NS;
@@ -1116,7 +1151,11 @@ static uint32_t ring_read_gate(RingObject *r) {
     return trigger >= r->length ? r->length - 1 : trigger;
 }
 
-static int64_t deadline_from(int64_t timeout_ns) { return timeout_ns < 0 ? -1 : now_ns() + timeout_ns; }
+/* No clock read for the try_ twins and zero timeouts: they never wait, so they need no deadline. */
+static int64_t deadline_from(int64_t timeout_ns) {
+    if (timeout_ns <= 0) return timeout_ns < 0 ? -1 : 0;
+    return now_ns() + timeout_ns;
+}
 
 static PyObject *raise_timeout(RingObject *r, const char *what) {
     PyErr_Format(ErrTimeout, "timed out waiting to %s on buffer %R", what, r->name);
@@ -1301,6 +1340,228 @@ static PyObject *ring_receive(RingObject *r, PyObject *const *args, Py_ssize_t n
 }
 
 static PyObject *ring_try_receive(RingObject *r, PyObject *unused) { return message_receive_impl(r, 0, 0, NULL); }
+
+
+/* ---- batches: many messages per call, one index publication and one wake per batch ---------- */
+
+/* Write messages[i..count) that fit now, in order; one head store and one send hook for all of
+ * them. Returns how many were written (0 if the next does not fit), -1 on error. */
+static Py_ssize_t op_message_send_batch(RingObject *r, Py_buffer *views, Py_ssize_t count) {
+    ring_state s;
+    if (ring_load(r, &s, ROLE_WRITER) < 0) return -1;
+    uint32_t spaces = st_spaces(&s), head = s.head;
+    uint64_t bytes = 0;
+    Py_ssize_t done = 0;
+    for (; done < count; done++) {
+        uint32_t n = (uint32_t)views[done].len;
+        if (spaces < n + r->prefix) break;
+        unsigned char prefix[8] = {(unsigned char)n, (unsigned char)(n >> 8), (unsigned char)(n >> 16),
+                                   (unsigned char)(n >> 24), 0, 0, 0, 0};
+        ring_copy_in(r, head, prefix, r->prefix);
+        head = ring_advance(r, head, r->prefix);
+        ring_copy_in(r, head, (const unsigned char *)views[done].buf, n);
+        head = ring_advance(r, head, n);
+        spaces -= n + r->prefix;
+        bytes += n;
+    }
+    if (done == 0) return 0;
+    unsigned char *h = ring_hdr(r);
+    st32_rel(h + OFF_HEAD, head);
+    bump64(h + OFF_MSGS_IN, (uint64_t)done);
+    bump64(h + OFF_BYTES_IN, bytes);
+    ring_send_completed(r, head, s.tail);
+    return done;
+}
+
+/* send_many(messages, timeout=None) -> int: every message, in order, each whole; waits for room
+ * until the timeout (None: until all are sent; 0: never) and returns how many were sent. */
+static PyObject *ring_send_many(RingObject *r, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    int64_t t;
+    PyObject *pos[1];
+    if (parse_opt_timeout(args, nargs, kwnames, 1, pos, &t, "send_many(messages, timeout=None)") < 0) return NULL;
+    if (ring_open(r) < 0 || refuse_in_isr(r, t, "send_many") < 0) return NULL;
+    PyObject *seq = PySequence_Fast(pos[0], "send_many() takes a sequence of bytes-like messages");
+    if (seq == NULL) return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq), got = 0, sent = 0;
+    Py_buffer *views = PyMem_Calloc(count ? (size_t)count : 1, sizeof(Py_buffer));
+    PyObject *ret = NULL;
+    if (views == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (; got < count; got++) {
+        if (get_src(PySequence_Fast_GET_ITEM(seq, got), &views[got]) < 0) goto done;
+        uint64_t n = (uint64_t)views[got].len;
+        if (n + r->prefix > (uint64_t)r->length - 1 || (r->prefix < 4 && n >> (8 * r->prefix))) {
+            message_too_large(r, views[got].len);
+            goto done;
+        }
+        if (n == 0 && (r->flags & FLAG_STRICT)) {
+            PyErr_Format(PyExc_ValueError, "buffer %R is in strict FreeRTOS mode: message %zd is empty", r->name, got);
+            goto done;
+        }
+    }
+    if (guard_enter(r, ROLE_WRITER) < 0) goto done;
+    if (ring_enter_role(r, ROLE_WRITER) == 0) {
+        int64_t deadline = deadline_from(t);
+        int failed = 0;
+        while (sent < count) {
+            Py_ssize_t k = op_message_send_batch(r, views + sent, count - sent);
+            if (k < 0) {
+                failed = 1;
+                break;
+            }
+            sent += k;
+            if (sent == count || t == 0) break;
+            if (k == 0) {
+                int w = ring_wait(r, ROLE_WRITER, (uint32_t)views[sent].len + r->prefix, deadline, 0);
+                if (w < 0 || ring_open(r) < 0) {
+                    failed = 1;
+                    break;
+                }
+                if (w == 0) { /* the deadline: one last attempt, then the count */
+                    k = op_message_send_batch(r, views + sent, count - sent);
+                    if (k < 0) failed = 1;
+                    else sent += k;
+                    break;
+                }
+            }
+        }
+        if (!failed) ret = PyLong_FromSsize_t(sent);
+    }
+    guard_exit(r, ROLE_WRITER);
+done:
+    for (Py_ssize_t i = 0; i < got; i++) PyBuffer_Release(&views[i]);
+    PyMem_Free(views);
+    Py_DECREF(seq);
+    return ring_finish(r, ret);
+}
+
+/* Take up to `max_count` whole messages now: into new bytes objects (dst NULL) appended to `out`, or
+ * packed one after another into dst (capacity dst_cap) with (offset, length) pairs appended to
+ * `out`. One tail store and one receive hook for the batch. Returns how many, -1 on error. */
+static Py_ssize_t op_message_receive_batch(RingObject *r, Py_ssize_t max_count, PyObject *out, unsigned char *dst,
+                                           Py_ssize_t dst_cap) {
+    ring_state s;
+    if (ring_load(r, &s, ROLE_READER) < 0) return -1;
+    Py_ssize_t done = 0, used = 0;
+    uint64_t bytes = 0;
+    uint32_t n;
+    while (done < max_count) {
+        int k = ring_peek_length(r, &s, &n);
+        if (k < 0) return -1;
+        if (k == 0) break;
+        uint32_t at = ring_advance(r, s.tail, r->prefix);
+        PyObject *item;
+        if (dst == NULL) {
+            item = PyBytes_FromStringAndSize(NULL, n);
+            if (item == NULL) return -1;
+            ring_copy_out(r, at, (unsigned char *)PyBytes_AS_STRING(item), n);
+        } else {
+            if ((Py_ssize_t)n > dst_cap - used) {
+                if (done == 0) { /* not even the first fits: as receive_into, it stays in place */
+                    PyErr_Format(ErrTooSmall, "the next message is %u bytes but the buffer holds only %zd", n,
+                                 dst_cap - used);
+                    return -1;
+                }
+                break;
+            }
+            ring_copy_out(r, at, dst + used, n);
+            item = Py_BuildValue("(nI)", used, n);
+            if (item == NULL) return -1;
+            used += n;
+        }
+        int bad = PyList_Append(out, item);
+        Py_DECREF(item);
+        if (bad < 0) return -1;
+        s.tail = ring_advance(r, at, n);
+        bytes += n;
+        done++;
+    }
+    if (done == 0) return 0;
+    unsigned char *h = ring_hdr(r);
+    st32_rel(h + OFF_TAIL, s.tail);
+    bump64(h + OFF_MSGS_OUT, (uint64_t)done);
+    bump64(h + OFF_BYTES_OUT, bytes);
+    ring_receive_completed(r);
+    return done;
+}
+
+/* receive_many / try_receive_many / _receive_many_into: at least one message, waiting until the
+ * timeout (then Timeout; the try_ twin returns what there is, maybe nothing). */
+static PyObject *message_receive_many_impl(RingObject *r, Py_ssize_t max_count, int64_t timeout_ns, int raise_on_empty,
+                                           Py_buffer *into) {
+    if (max_count < 1) {
+        PyErr_SetString(PyExc_ValueError, "max_count must be at least 1");
+        return NULL;
+    }
+    if (ring_open(r) < 0 || refuse_in_isr(r, timeout_ns, "receive_many") < 0) return NULL;
+    PyObject *out = PyList_New(0);
+    if (out == NULL) return NULL;
+    if (guard_enter(r, ROLE_READER) < 0) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    ring_enter_role(r, ROLE_READER);
+    int64_t deadline = deadline_from(timeout_ns);
+    int failed = 0;
+    for (int last = 0;;) {
+        Py_ssize_t k = op_message_receive_batch(r, max_count, out, into ? (unsigned char *)into->buf : NULL,
+                                                into ? into->len : 0);
+        if (k < 0) {
+            failed = 1;
+            break;
+        }
+        if (k > 0) break;
+        if (timeout_ns == 0 || last) {
+            if (ring_check_peer_closed(r, ROLE_READER, 0) < 0) failed = 1;
+            else if (raise_on_empty) {
+                raise_timeout(r, "receive");
+                failed = 1;
+            }
+            break;
+        }
+        int w = ring_wait(r, ROLE_READER, ring_trigger(r), deadline, 0);
+        if (w < 0 || ring_open(r) < 0) {
+            failed = 1;
+            break;
+        }
+        if (w == 0) last = 1;
+    }
+    guard_exit(r, ROLE_READER);
+    if (failed) Py_CLEAR(out);
+    return ring_finish(r, out);
+}
+
+static PyObject *ring_receive_many(RingObject *r, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    int64_t t;
+    PyObject *pos[1];
+    if (parse_opt_timeout(args, nargs, kwnames, 1, pos, &t, "receive_many(max_count, timeout=None)") < 0) return NULL;
+    Py_ssize_t max_count = PyLong_AsSsize_t(pos[0]);
+    if (max_count == -1 && PyErr_Occurred()) return NULL;
+    return message_receive_many_impl(r, max_count, t, 1, NULL);
+}
+
+static PyObject *ring_try_receive_many(RingObject *r, PyObject *arg) {
+    Py_ssize_t max_count = PyLong_AsSsize_t(arg);
+    if (max_count == -1 && PyErr_Occurred()) return NULL;
+    return message_receive_many_impl(r, max_count, 0, 0, NULL);
+}
+
+/* _receive_many_into(buffer, max_count, timeout=None) -> [(offset, length), ...] packed in buffer */
+static PyObject *ring_receive_many_into(RingObject *r, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    int64_t t;
+    PyObject *pos[2];
+    if (parse_opt_timeout(args, nargs, kwnames, 2, pos, &t, "_receive_many_into(buffer, max_count, timeout=None)") < 0)
+        return NULL;
+    Py_ssize_t max_count = PyLong_AsSsize_t(pos[1]);
+    if (max_count == -1 && PyErr_Occurred()) return NULL;
+    Py_buffer v;
+    if (PyObject_GetBuffer(pos[0], &v, PyBUF_WRITABLE) < 0) return NULL;
+    PyObject *ret = message_receive_many_impl(r, max_count, t, 1, &v);
+    PyBuffer_Release(&v);
+    return ret;
+}
 
 static PyObject *ring_receive_into(RingObject *r, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
     int64_t t;
@@ -1630,7 +1891,7 @@ static int ring_set_spin(RingObject *r, PyObject *value, void *c) {
         return -1;
     }
     r->spin_ns = (long)(s * 1e9);
-    r->spin_cur = r->spin_ns;
+    r->spin_score = 0;
     return 0;
 }
 
@@ -1733,7 +1994,7 @@ static int ring_init(RingObject *self, PyObject *args, PyObject *kwds) {
     self->prefix = self->is_message ? prefix : 0;
     self->limit = (uint32_t)(limit > 0xFFFFFFFF ? 0xFFFFFFFF : limit);
     self->spin_ns = default_spin_ns;
-    self->spin_cur = default_spin_ns;
+    self->spin_score = 0;
     if (guard != Py_None) self->guard = Py_NewRef(guard);
     return 0;
 }
@@ -1796,6 +2057,14 @@ static PyMethodDef ring_methods[] = {
 };
 
 static PyMethodDef message_methods[] = {
+    {"send_many", (PyCFunction)(void (*)(void))ring_send_many, METH_FASTCALL | METH_KEYWORDS,
+     "send_many(messages, timeout=None) -> int: send each message whole, in order; how many were sent."},
+    {"receive_many", (PyCFunction)(void (*)(void))ring_receive_many, METH_FASTCALL | METH_KEYWORDS,
+     "receive_many(max_count, timeout=None) -> list[bytes]: at least one message, at most max_count."},
+    {"try_receive_many", (PyCFunction)ring_try_receive_many, METH_O,
+     "try_receive_many(max_count) -> list[bytes]: the messages there now (maybe none)."},
+    {"_receive_many_into", (PyCFunction)(void (*)(void))ring_receive_many_into, METH_FASTCALL | METH_KEYWORDS,
+     "_receive_many_into(buffer, max_count, timeout=None) -> list of (offset, length) in buffer."},
     {"send", (PyCFunction)(void (*)(void))ring_send, METH_FASTCALL | METH_KEYWORDS,
      "send(data, timeout=None): block until the whole message fits, then write it."},
     {"try_send", (PyCFunction)ring_try_send, METH_O, "try_send(data) -> bool: write the message if it fits now."},

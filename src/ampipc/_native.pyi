@@ -1,9 +1,19 @@
 """Type stubs for the C core `ampipc._native` (hand-written; keep in step with _native.c)."""
 
-from collections.abc import Callable
-from typing import Any, Final
+from collections.abc import Callable, Sequence
+from typing import Any, Final, Protocol
 
-from typing_extensions import Buffer
+from typing_extensions import Buffer as _PEP688Buffer
+from typing_extensions import TypeAlias
+
+class _NumpyArray(Protocol):
+    """A numpy array (numpy's stubs declare ``__buffer__`` only for Python >= 3.12)."""
+
+    @property
+    def __array_interface__(self) -> dict[str, Any]: ...
+
+Buffer: TypeAlias = _PEP688Buffer | _NumpyArray
+"""Any object with the buffer protocol: bytes, bytearray, memoryview, array, mmap, numpy arrays."""
 
 RING_HEADER_SIZE: Final[int]
 RING_MAGIC: Final[int]
@@ -91,6 +101,13 @@ class Ring:
 
 class MessageRing(Ring):
     """The FreeRTOS message-buffer fast path."""
+
+    def send_many(self, messages: Sequence[Buffer], /, timeout: float | None = None) -> int: ...
+    def receive_many(self, max_count: int, /, timeout: float | None = None) -> list[bytes]: ...
+    def try_receive_many(self, max_count: int, /) -> list[bytes]: ...
+    def _receive_many_into(
+        self, buffer: Buffer, max_count: int, /, timeout: float | None = None
+    ) -> list[tuple[int, int]]: ...
 
     @property
     def next_length(self) -> int | None: ...

@@ -225,6 +225,16 @@ class MessageBuffer(_BufferBase, _native.MessageRing):
     def _next_item(self) -> bytes:
         return self.receive()
 
+    def receive_many_into(self, buffer: Buffer, max_count: int, timeout: float | None = None) -> list[memoryview]:
+        """Up to `max_count` messages packed one after another into the writable `buffer`, as views of it.
+
+        At least one message, waiting until `timeout` (then `Timeout`). Stops before a message that
+        does not fit in what is left of `buffer` (it stays in place); `BufferTooSmall` if not even
+        the first fits. One call into the core, one index update and one wake-up for the batch.
+        """
+        view = memoryview(buffer).cast("B")
+        return [view[offset : offset + length] for offset, length in self._receive_many_into(view, max_count, timeout)]
+
     @classmethod
     def create(
         cls,

@@ -26,10 +26,10 @@ never blocks, as every FromISR call.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 import time
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from . import _layout as L
 from .buffers import BufferStatistics, MessageBuffer
@@ -47,6 +47,9 @@ from .notify import (
 from .notify.control import RECORD_FOOTPRINT
 from .region import Region
 
+if TYPE_CHECKING:
+    from ._native import Buffer
+
 __all__ = ["DEFAULT_BUFFER_SIZE", "IPC_KIND", "ChannelStatistics", "Ipc"]
 
 DEFAULT_BUFFER_SIZE = 16 * (36 + 4)
@@ -59,6 +62,8 @@ _DESCRIPTOR = struct.Struct("<IIII16s16s16sIII")
 _NAME_FIELD = 16
 MAX_CHANNELS = 1024
 _I = TypeVar("_I", bound="Ipc")
+StrategyName = Literal["direct", "hsem", "control", "toggle"]
+"""The notification strategies `Ipc.init` accepts (see `ampipc.notify`)."""
 
 
 @dataclass(frozen=True)
@@ -144,7 +149,7 @@ class Ipc:
         *,
         channels: int,
         buffer_size: int = DEFAULT_BUFFER_SIZE,
-        strategy: str = "control",
+        strategy: StrategyName = "control",
         core: str = "CM7",
         peer: str | None = None,
         name: str = "ipc",
@@ -329,7 +334,7 @@ class Ipc:
             raise ValueError(f"channel must be 0..{self.channels - 1}, not {channel!r}")
         return channel
 
-    def send(self, channel: int, data: Any, timeout: float | None = None) -> None:
+    def send(self, channel: int, data: Buffer, timeout: float | None = None) -> None:
         """Send one message; waits for room until `timeout` (None: forever), then `Timeout`.
 
         The write runs in the core's critical section (see the module doc); the wait does not.
@@ -340,7 +345,7 @@ class Ipc:
             if tx.try_send(data):
                 return
         deadline = None if timeout is None else time.monotonic() + timeout
-        size = memoryview(data).nbytes
+        size = memoryview(data).nbytes  # type: ignore[arg-type]  # numpy arrays typed for Python < 3.12 (_native.Buffer)
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             room = tx.wait_writable(size, timeout=left)
@@ -350,17 +355,48 @@ class Ipc:
             if not room:
                 raise Timeout(f"timed out waiting to send on channel {channel} of {self.name!r}")
 
-    def try_send(self, channel: int, data: Any) -> bool:
+    def try_send(self, channel: int, data: Buffer) -> bool:
         """Send one message if it fits now; False otherwise."""
         tx = self._tx[self._channel(channel)]
         with self.core.critical_section():
             return bool(tx.try_send(data))
 
-    def send_from_isr(self, channel: int, data: Any) -> bool:
+    def send_from_isr(self, channel: int, data: Buffer) -> bool:
         """The FromISR send: never blocks; False if the message does not fit now (never `RoleBusy`)."""
         tx = self._tx[self._channel(channel)]
         with self.core.critical_section():
             return bool(tx.try_send(data))
+
+    def send_many(self, channel: int, messages: Sequence[Any], timeout: float | None = None) -> int:
+        """Send each message whole, in order, in as few ring writes as room allows; returns how many were sent.
+
+        Waits for room until `timeout` (None: until all are sent; 0: never); each write runs in the
+        core's critical section, the waits do not.
+        """
+        tx = self._tx[self._channel(channel)]
+        critical = self.core.critical_section
+        deadline = None if timeout is None else time.monotonic() + timeout
+        sent = 0
+        items = list(messages)
+        while True:
+            with critical():
+                sent += tx.send_many(items[sent:], timeout=0)
+            if sent == len(items):
+                return sent
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if left == 0.0:
+                return sent
+            if not tx.wait_writable(memoryview(items[sent]).nbytes, timeout=left):
+                with critical():
+                    return sent + tx.send_many(items[sent:], timeout=0)
+
+    def receive_many(self, channel: int, max_count: int, timeout: float | None = None) -> list[bytes]:
+        """At least one and at most `max_count` messages of `channel`, waiting until `timeout` (then `Timeout`)."""
+        return self._rx[self._channel(channel)].receive_many(max_count, timeout=timeout)
+
+    def try_receive_many(self, channel: int, max_count: int) -> list[bytes]:
+        """The messages of `channel` there now, at most `max_count` (maybe none)."""
+        return self._rx[self._channel(channel)].try_receive_many(max_count)
 
     def receive(self, channel: int, timeout: float | None = None) -> bytes:
         """The next message of `channel`; waits until `timeout` (None: forever), then TimeoutError."""
