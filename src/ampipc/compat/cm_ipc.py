@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import BufferTooSmall, CorruptRegion, MessageTooLarge, ObjectNotFound, RegionFull, Timeout
 from ..hw import Hardware
-from ..ipc import DEFAULT_BUFFER_SIZE, Ipc
+from ..ipc import DEFAULT_BUFFER_SIZE, Ipc, StrategyName
 from ..region import Region
 from . import freertos
 from ._types import as_view, as_writable_view
@@ -86,7 +86,7 @@ class CmIpc:
         create: bool | None = None,
         channels: int = 1,
         buffer_size: int = IPC_DEFAULT_BUFFER_SIZE,
-        strategy: str = "control",
+        strategy: StrategyName = "control",
         hardware: Hardware | None = None,
         open_timeout: float | None = 60.0,
         name: str = "ipc",

@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import _layout as L
 from ..hw.boot import cm7_release_boot
-from ..ipc import Ipc
+from ..ipc import Ipc, StrategyName
 from ..region import Region
 from ._common import cm4_booted, CHILD_TIMEOUT, Timeline, print_summary, run_pair
 
@@ -32,7 +32,7 @@ def _tick(core: str, i: int) -> bytes:
     return f"{core} tick {i:02d}".encode()
 
 
-def _cm4(region_name: str, origin: float, quiet: bool, results: Any, strategy: str, isr_buttons: bool) -> None:
+def _cm4(region_name: str, origin: float, quiet: bool, results: Any, strategy: StrategyName, isr_buttons: bool) -> None:
     say = Timeline("CM4", origin, quiet)
     counts: dict[str, Any] = {"ticks in ok": 0, "ticks out": 0, "presses sent": 0, "waited for a blocked CM7": 0}
     with cm4_booted(region_name, counts, results) as hw:
@@ -88,7 +88,7 @@ def _cm4(region_name: str, origin: float, quiet: bool, results: Any, strategy: s
             counts["interrupts"] = ipc.strategy_statistics()["interrupts"]
 
 
-def _cm7(strategy: str) -> Callable[[Region, Timeline, Callable[[], None]], dict[str, Any]]:
+def _cm7(strategy: StrategyName) -> Callable[[Region, Timeline, Callable[[], None]], dict[str, Any]]:
     def body(region: Region, say: Timeline, start_cm4: Callable[[], None]) -> dict[str, Any]:
         start_cm4()
         counts: dict[str, Any] = {"ticks in ok": 0, "ticks out": 0, "presses": 0, "led": False}
@@ -127,7 +127,7 @@ def _cm7(strategy: str) -> Callable[[Region, Timeline, Callable[[], None]], dict
     return body
 
 
-def run_multi(demo: str, strategy: str, isr_buttons: bool, cm4_entry: Callable[[str, float, bool, Any], None], *, quiet: bool) -> int:
+def run_multi(demo: str, strategy: StrategyName, isr_buttons: bool, cm4_entry: Callable[[str, float, bool, Any], None], *, quiet: bool) -> int:
     cm7, cm4 = run_pair(demo, 1 << 16, _cm7(strategy), cm4_entry, quiet=quiet)
     ok = (
         cm7["ticks out"] == TICKS
