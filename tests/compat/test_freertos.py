@@ -348,3 +348,51 @@ def test_message_buffer_matches_the_freertos_model(size: int, ops: list[tuple[st
             assert fr.xMessageBufferIsFull(mb) == (fr.pdTRUE if size - used <= 4 else fr.pdFALSE)
     finally:
         region.close()
+
+
+def test_length_type_size_and_batching(region: Region) -> None:
+    fr.set_length_type_size(8)  # an x86-64 FreeRTOS peer
+    try:
+        mb = fr.xMessageBufferCreate(40, region, "wide")
+        assert mb is not None
+        assert fr.xMessageBufferSend(mb, b"0123456789", 10, 0) == 10
+        assert fr.xStreamBufferBytesAvailable(mb) == 18  # 10 bytes and an 8-byte length
+        with pytest.raises(ValueError):
+            fr.set_length_type_size(3)
+    finally:
+        fr.set_length_type_size(4)
+    assert fr.get_length_type_size() == 4
+    batching = fr.xStreamBatchingBufferCreate(32, 4, region, "batch")
+    assert batching is not None
+    assert fr.xStreamBufferSend(batching, b"abcd", 4, 0) == 4
+    room = bytearray(8)
+    assert fr.xStreamBufferReceive(batching, room, 8, 0) == 0  # a task reads only above the trigger
+    assert fr.xStreamBufferSend(batching, b"e", 1, 0) == 1
+    assert fr.xStreamBufferReceive(batching, room, 8, 0) == 5 and room[:5] == b"abcde"
+    static_batching = fr.xStreamBatchingBufferCreateStatic(16, 2, region, "sbatch")
+    assert static_batching is not None and static_batching.capacity == 15
+
+
+def test_stream_send_waits_for_all_of_it_then_writes_once(region: Region) -> None:
+    """xStreamBufferSend's blocking rule: with a reader freeing room in steps, one write of all of it."""
+    sb = fr.xStreamBufferCreate(10, 1, region, "s")
+    assert sb is not None
+    assert fr.xStreamBufferSend(sb, b"12345678", 8, 0) == 8
+    sizes: list[int] = []
+
+    def reader() -> None:
+        room = bytearray(2)
+        for _ in range(3):  # frees 2 bytes at a time
+            while sb.statistics().send_waits == 0:
+                time.sleep(0.002)
+            sizes.append(fr.xStreamBufferReceive(sb, room, 2, fr.portMAX_DELAY))
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        assert fr.xStreamBufferSend(sb, b"abcdef", 6, fr.pdMS_TO_TICKS(30_000)) == 6
+    finally:
+        thread.join(30)
+    assert sizes == [2, 2, 2]
+    assert sb.statistics().messages_sent == 2  # two writes in all: the first 8 bytes, then all 6 at once

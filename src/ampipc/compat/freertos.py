@@ -20,7 +20,11 @@ Differences from the C API, all of them forced by shared memory between processe
   Creation returns None (NULL) when the region has no room left, as FreeRTOS does when the heap is
   exhausted; a taken name raises `ObjectExists`.
 - ``...CreateStatic``: the storage area and the static structure are the region's; the capacity is
-  ``SIZE - 1`` bytes, as with FreeRTOS's static convention (the header's "so 999").
+  ``SIZE - 1`` bytes, as with FreeRTOS's static convention (the header's "so 999"). A static stream
+  buffer refuses a trigger equal to its size (FreeRTOS accepts it, and then it is never reached).
+- ``configMESSAGE_BUFFER_LENGTH_TYPE`` is a build option of FreeRTOS; here `set_length_type_size`
+  chooses the prefix width (1, 2, 4 or 8 bytes; 4 by default, as ``size_t`` on a Cortex-M) of the
+  message buffers created afterwards. Both sides of a buffer must agree, as both images must.
 - ``pxHigherPriorityTaskWoken`` is a one-element list standing for the ``BaseType_t`` pointer (or
   None, as NULL); it is set to ``pdTRUE`` when the call woke a blocked task of the other side.
 - A failure the C API cannot report, a peer process that died or closed its side while a call
@@ -28,9 +32,8 @@ Differences from the C API, all of them forced by shared memory between processe
 - Sending a zero-length message returns 0 and writes nothing, as FreeRTOS ≥ 10.4.4 does (the
   native API accepts zero-length messages, which a FreeRTOS reader cannot consume).
 - ``configASSERT`` failures (a trigger above the size, a length beyond the data) raise ValueError.
-- ``xStreamBufferSend`` on a stream buffer writes what fits at once and then waits for room for
-  the rest; FreeRTOS waits until all of it fits and writes once. Both return the count written,
-  the same count whenever the data fits within the block time.
+- ``xStreamBufferSend`` on a stream buffer blocks as FreeRTOS does: it waits until all of the data
+  fits (capped at the capacity) or the block time ends, then writes what fits, once.
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ __all__ = [
     "pdTICKS_TO_MS",
     "pdTRUE",
     "portMAX_DELAY",
+    "get_length_type_size",
+    "set_length_type_size",
     "set_tick_rate",
     "ticks_to_seconds",
     "vMessageBufferDelete",
@@ -80,6 +85,8 @@ __all__ = [
     "xMessageBufferSendFromISR",
     "xMessageBufferSpaceAvailable",
     "xMessageBufferSpacesAvailable",
+    "xStreamBatchingBufferCreate",
+    "xStreamBatchingBufferCreateStatic",
     "xStreamBufferAttach",
     "xStreamBufferBytesAvailable",
     "xStreamBufferCreate",
@@ -110,9 +117,24 @@ pdTRUE: Final = 1
 pdFAIL: Final = 0
 pdPASS: Final = 1
 portMAX_DELAY: Final = 0xFFFFFFFF
-configMESSAGE_BUFFER_LENGTH_TYPE_SIZE: Final = 4  # size_t on a 32-bit Cortex-M: a 10-byte message takes 14
+configMESSAGE_BUFFER_LENGTH_TYPE_SIZE: Final = 4  # the default: size_t on a 32-bit Cortex-M (10 bytes take 14)
 
 _tick_rate_hz = 1000
+_length_type_size = configMESSAGE_BUFFER_LENGTH_TYPE_SIZE
+
+
+def set_length_type_size(width: int) -> None:
+    """``sizeof(configMESSAGE_BUFFER_LENGTH_TYPE)`` for the message buffers this process creates next
+    (1, 2, 4 or 8; an x86-64 FreeRTOS peer with the default ``size_t`` uses 8)."""
+    global _length_type_size
+    if width not in (1, 2, 4, 8) or isinstance(width, bool):
+        raise ValueError(f"the message length type is 1, 2, 4 or 8 bytes, not {width!r}")
+    _length_type_size = width
+
+
+def get_length_type_size() -> int:
+    """The prefix width `xMessageBufferCreate` uses (4 unless `set_length_type_size` changed it)."""
+    return _length_type_size
 
 
 def set_tick_rate(hz: int) -> None:
@@ -172,20 +194,15 @@ def _room(buffer: WritableBuffer, length: int) -> memoryview:
 def xMessageBufferCreate(xBufferSizeBytes: int, region: Region, name: str) -> MessageBufferHandle_t | None:
     """A message buffer of capacity `xBufferSizeBytes` (prefixes included); None if the region is full."""
     try:
-        return MessageBuffer.create(region, name, xBufferSizeBytes)
+        return MessageBuffer.create(region, name, xBufferSizeBytes, prefix_width=_length_type_size)
     except RegionFull:
         return None
 
 
 def xMessageBufferCreateStatic(xBufferSizeBytes: int, region: Region, name: str) -> MessageBufferHandle_t | None:
     """The static convention: a `xBufferSizeBytes` storage area holds ``xBufferSizeBytes - 1`` bytes."""
-    if isinstance(xBufferSizeBytes, bool) or not isinstance(xBufferSizeBytes, int):
-        raise TypeError(f"xBufferSizeBytes must be an int, not {xBufferSizeBytes!r}")
-    if xBufferSizeBytes <= configMESSAGE_BUFFER_LENGTH_TYPE_SIZE + 1:
-        raise ValueError(f"configASSERT: a static message buffer needs more than "
-                         f"{configMESSAGE_BUFFER_LENGTH_TYPE_SIZE + 1} bytes, not {xBufferSizeBytes}")
     try:
-        return MessageBuffer.create(region, name, xBufferSizeBytes - 1)
+        return MessageBuffer.create(region, name, xBufferSizeBytes, static=True, prefix_width=_length_type_size)
     except RegionFull:
         return None
 
@@ -215,7 +232,32 @@ def xStreamBufferCreateStatic(
         raise ValueError(f"configASSERT: a static buffer of {xBufferSizeBytes} bytes holds "
                          f"{xBufferSizeBytes - 1}: a trigger of {xTriggerLevelBytes} can never be reached")
     try:
-        return StreamBuffer.create(region, name, xBufferSizeBytes - 1, trigger_level=xTriggerLevelBytes)
+        return StreamBuffer.create(region, name, xBufferSizeBytes, trigger_level=xTriggerLevelBytes, static=True)
+    except RegionFull:
+        return None
+
+
+def xStreamBatchingBufferCreate(
+    xBufferSizeBytes: int, xTriggerLevelBytes: int, region: Region, name: str
+) -> StreamBuffer | None:
+    """A FreeRTOS >= 11.1 batching buffer: a task's read waits until *more* than the trigger is there."""
+    try:
+        return StreamBuffer.create(region, name, xBufferSizeBytes, trigger_level=xTriggerLevelBytes, batching=True)
+    except RegionFull:
+        return None
+
+
+def xStreamBatchingBufferCreateStatic(
+    xBufferSizeBytes: int, xTriggerLevelBytes: int, region: Region, name: str
+) -> StreamBuffer | None:
+    """A static batching buffer (capacity ``xBufferSizeBytes - 1``)."""
+    if isinstance(xTriggerLevelBytes, int) and isinstance(xBufferSizeBytes, int) and xTriggerLevelBytes >= xBufferSizeBytes:
+        raise ValueError(f"configASSERT: a static buffer of {xBufferSizeBytes} bytes holds "
+                         f"{xBufferSizeBytes - 1}: a trigger of {xTriggerLevelBytes} can never be reached")
+    try:
+        return StreamBuffer.create(
+            region, name, xBufferSizeBytes, trigger_level=xTriggerLevelBytes, static=True, batching=True
+        )
     except RegionFull:
         return None
 
@@ -255,7 +297,7 @@ def xStreamBufferSend(
         except (Timeout, MessageTooLarge):
             return 0
         return xDataLengthBytes
-    return int(xStreamBuffer.write(data, timeout=timeout))
+    return int(xStreamBuffer.write_once(data, timeout=timeout))
 
 
 def xStreamBufferSendFromISR(
