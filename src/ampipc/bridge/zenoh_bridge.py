@@ -11,7 +11,8 @@ writer feels back-pressure instead of losing them. When the source ends (its wri
 died and it is drained) the route publishes a DELETE on its key: the end-of-stream mark.
 
 An **import route** declares a subscriber with a bounded FIFO handler (``fifo_capacity``
-samples) and a thread that writes each sample into its sink. With ``congestion="block"`` (the
+samples) and a thread that writes each sample into its sink (or, with ``fifo_capacity=0``, a
+callback that writes it from Zenoh's receive thread). With ``congestion="block"`` (the
 default) the sink's send blocks while the sink is full; the FIFO then fills, Zenoh's receive
 path blocks on it, the TCP window closes, and the remote publisher (``CongestionControl.BLOCK``,
 ``Reliability.RELIABLE``) blocks in turn, back to the remote exporter, which stops draining its
@@ -299,10 +300,22 @@ class _ImportRoute(Route):
         super().__init__(bridge, 2, local, key, on_peer_lost)
         self.drop_on_congestion = bridge.congestion == "drop"
         self._tracker = SequenceTracker()
-        self._subscriber = bridge.session.declare_subscriber(key, zenoh.handlers.FifoChannel(fifo_capacity))
-        self._handler = self._subscriber.handler
+        self._ended = False
+        self._failed = False
+        self._finished = threading.Event()
+        self._delivering = threading.Lock()  # held by the sample path; the end waits for it
         self._undeclared = False
         self._drain_deadline: float | None = None
+        self._handler: Any = None
+        if fifo_capacity:
+            self._subscriber = bridge.session.declare_subscriber(key, zenoh.handlers.FifoChannel(fifo_capacity))
+            self._handler = self._subscriber.handler
+        else:
+            # Run on Zenoh's receive thread: one thread hop less per sample; a full sink blocks
+            # that thread exactly as a full FIFO would.
+            self._subscriber = bridge.session.declare_subscriber(
+                key, zenoh.handlers.Callback(self._on_sample, indirect=False)
+            )
         self._watcher = threading.Thread(target=self._watch_peer, name=f"bridge peer watch {key}", daemon=True)
 
     def start(self) -> None:
@@ -311,7 +324,7 @@ class _ImportRoute(Route):
             self._watcher.start()
 
     def _watch_peer(self) -> None:
-        """With on_peer_lost="close": once the last exporter is gone, end the subscription (the FIFO drains)."""
+        """With on_peer_lost="close": once the last exporter is gone, end the subscription (what arrived drains)."""
         while not self._stop.is_set():
             if self._peer_gone.wait(_SLICE):
                 self._end_subscription()
@@ -322,68 +335,94 @@ class _ImportRoute(Route):
             if self._undeclared:
                 return
             self._undeclared = True
+        self._finished.set()
         _undeclare(self._subscriber)
 
     def _deliver(self, data: bytes) -> None:
         sink = self.local
-        if self.drop_on_congestion:
-            try:
-                delivered = sink.try_send(data)
-            except MessageTooLarge:
-                delivered = False
-            if not delivered:
-                self.drops += 1
-                return
-        else:
-            while True:
+        if self._failed:
+            self.drops += 1
+            return
+        try:
+            if self.drop_on_congestion:
                 try:
-                    sink.send(data, _SLICE)
-                    break
-                except MessageTooLarge as e:
-                    self.drops += 1  # can never fit: counted, and said once per message
-                    log.error("bridge import %s: dropped a %d-byte message: %s", self.key, len(data), e)
+                    delivered = sink.try_send(data)
+                except MessageTooLarge:
+                    delivered = False
+                if not delivered:
+                    self.drops += 1
                     return
-                except TimeoutError:
-                    deadline = self._drain_deadline
-                    if deadline is not None and time.monotonic() > deadline:
-                        self.drops += 1  # the bridge is closing and the sink stays full
+            else:
+                while True:
+                    try:
+                        sink.send(data, _SLICE)
+                        break
+                    except MessageTooLarge as e:
+                        self.drops += 1  # can never fit: counted, and said once per message
+                        log.error("bridge import %s: dropped a %d-byte message: %s", self.key, len(data), e)
                         return
+                    except TimeoutError:
+                        deadline = self._drain_deadline
+                        if deadline is not None and time.monotonic() > deadline:
+                            self.drops += 1  # the bridge is closing and the sink stays full
+                            return
+        except (PeerDied, PeerClosed, RegionClosed, IpcError) as e:
+            # The local reader is gone: say so, count what still comes, and stop matching the
+            # exporters so they keep their messages in their buffers instead of sending them here.
+            self.drops += 1
+            self.error = e
+            self._failed = True
+            self._set_state("sink failed")
+            log.warning("bridge import %s: the sink failed: %s", self.key, e)
+            threading.Thread(target=self._end_subscription, daemon=True).start()
+            return
         self.messages += 1
         self.bytes += len(data)
 
-    def _run(self) -> None:
-        recv = self._handler.recv
-        unpack = W.SAMPLE_HEADER.unpack
-        header_size = W.SAMPLE_HEADER.size
-        tracker = self._tracker
-        ended = False
-        while True:
-            try:
-                sample = recv()
-            except zenoh.ZError:
-                break  # undeclared and drained
+    def _on_sample(self, sample: zenoh.Sample) -> None:
+        """One sample, in order: account its sequence number and lag, then write it into the sink."""
+        with self._delivering:
             if sample.kind == zenoh.SampleKind.DELETE:
-                ended = True  # the exporter's end-of-stream mark; everything before it was delivered
-                self._end_subscription()
-                continue
+                self._ended = True  # the exporter's end-of-stream mark; everything before it was delivered
+                self._finished.set()
+                return
             data = sample.payload.to_bytes()
             attachment = sample.attachment
             if attachment is not None:
                 raw = attachment.to_bytes()
-                if len(raw) == header_size:
-                    epoch, sequence, published_ns = unpack(raw)
-                    self.lost += tracker.observe(epoch, sequence)
+                if len(raw) == W.SAMPLE_HEADER.size:
+                    epoch, sequence, published_ns = W.SAMPLE_HEADER.unpack(raw)
+                    self.lost += self._tracker.observe(epoch, sequence)
                     lag = time.time_ns() - published_ns
                     if lag > 0:
                         self.lag_ns_last = lag
                         if lag > self.lag_ns_max:
                             self.lag_ns_max = lag
             self._deliver(data)
-        if ended or (self.on_peer_lost == "close" and self._peer_gone.is_set() and not self._stop.is_set()):
+
+    def _run(self) -> None:
+        if self._handler is not None:
+            recv = self._handler.recv
+            on_sample = self._on_sample
+            while not self._ended:
+                try:
+                    sample = recv()
+                except zenoh.ZError:
+                    break  # undeclared and drained
+                on_sample(sample)
+        else:
+            while not self._finished.wait(_SLICE):
+                pass
+        self._end_subscription()
+        with self._delivering:  # a sample being delivered completes first
+            pass
+        if self._failed:
+            return
+        if self._ended or (self.on_peer_lost == "close" and self._peer_gone.is_set() and not self._stop.is_set()):
             closed = self.local.close()
-            self._set_state("source ended" if ended else "peer lost")
+            self._set_state("source ended" if self._ended else "peer lost")
             log.info("bridge import %s: the exporter %s; local side %s", self.key,
-                     "ended" if ended else "went away", "closed" if closed else "kept open")
+                     "ended" if self._ended else "went away", "closed" if closed else "kept open")
 
     def stop(self, timeout: float) -> None:
         self._stop.set()
@@ -397,7 +436,9 @@ class ZenohBridge:
 
     ``congestion``: ``"block"`` (back-pressure end to end, nothing dropped) or ``"drop"`` (never
     block; every drop counted). ``fifo_capacity``: samples an import route buffers between Zenoh
-    and its sink. ``name``: the name of the bridge's statistics object (``bridge.<name>``).
+    and its sink, read by the route's thread (default 256); 0 writes each sample into the sink
+    from Zenoh's receive thread itself (one thread hop less, but the GIL taken per sample). ``name``: the name of the bridge's
+    statistics object (``bridge.<name>``).
     """
 
     def __init__(
@@ -413,8 +454,8 @@ class ZenohBridge:
     ) -> None:
         if congestion not in ("block", "drop"):
             raise ValueError(f"congestion must be 'block' or 'drop', not {congestion!r}")
-        if not isinstance(fifo_capacity, int) or fifo_capacity < 1:
-            raise ValueError(f"fifo_capacity must be a positive int, not {fifo_capacity!r}")
+        if not isinstance(fifo_capacity, int) or fifo_capacity < 0:
+            raise ValueError(f"fifo_capacity must be an int >= 0, not {fifo_capacity!r}")
         self.region = region
         self.session = session
         self.name = name
