@@ -22,10 +22,14 @@ SLOTS = 4
 
 
 class PoolMachine(RuleBasedStateMachine):
+    native = True  # the C core; the subclass below runs the Python reference of the same steps
+
     def __init__(self) -> None:
         super().__init__()
         self.region = Region.create(new_name("pm"), 1 << 18)
-        self.pool = PayloadPool.create(self.region, "pool", slots=SLOTS, slot_size=64)
+        self.pool = PayloadPool.create(self.region, "pool", slots=SLOTS, slot_size=64, native=self.native)
+        # a second handle on the same pool with the other implementation: both must agree on every word
+        self.twin = PayloadPool.attach(self.region, "pool", native=not self.native)
         self.buffer = MessageBuffer.create(self.region, "desc", 4096)
         self.state = ["free"] * SLOTS  # the model
         self.gen = [0] * SLOTS
@@ -127,6 +131,26 @@ class PoolMachine(RuleBasedStateMachine):
             self.gen[i] += 1
         self.counts["reclaims"] += freed
 
+    @precondition(lambda self: self.in_flight)
+    @rule()
+    def receive_with_the_other_implementation(self) -> None:
+        raw, slot, gen, body = self.in_flight.popleft()
+        assert self.buffer.receive(timeout=0) == raw
+        if self.state[slot] != "committed" or self.gen[slot] != gen:
+            try:
+                self.twin.accept(raw)
+            except StaleDescriptor:
+                return
+            raise AssertionError("a reclaimed slot's descriptor was accepted")
+        payload = self.twin.accept(raw)
+        assert (payload.slot, payload.generation, bytes(payload.data)) == (slot, gen, body)
+        payload.release()
+        self.state[slot] = "free"
+        self.gen[slot] += 1
+        self.used.append(raw)
+        self.counts["accepts"] += 1
+        self.counts["releases"] += 1
+
     @invariant()
     def agrees(self) -> None:
         assert [s for _, s, _ in self.pool.owners()] == self.state
@@ -137,9 +161,16 @@ class PoolMachine(RuleBasedStateMachine):
         )
 
     def teardown(self) -> None:
+        self.twin.close()
         self.pool.close()
         self.region.close()
 
 
-TestPoolModel = PoolMachine.TestCase
-TestPoolModel.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)
+class PythonPoolMachine(PoolMachine):
+    native = False
+
+
+TestNativePoolModel = PoolMachine.TestCase
+TestNativePoolModel.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)
+TestPythonPoolModel = PythonPoolMachine.TestCase
+TestPythonPoolModel.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)

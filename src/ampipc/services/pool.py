@@ -244,7 +244,7 @@ def _drop_view(view: memoryview) -> None:
 class PayloadPool:
     """Fixed-size slots in a region with loan / commit / accept / release. Use `create` or `attach`."""
 
-    def __init__(self, region: Region, name: str, base: int) -> None:
+    def __init__(self, region: Region, name: str, base: int, *, native: bool = True) -> None:
         self.region = region
         self.name = name
         self._base = base
@@ -260,6 +260,11 @@ class PayloadPool:
         self.spin = _native.get_default_spin()  # seconds a blocked loan spins before sleeping (adaptive)
         self._spin_now = self.spin
         self._closed = False
+        self._core: Any = None
+        if native:  # the C mirror of the ownership steps; this module's code stays the reference
+            from .. import _pool
+
+            self._core = _pool.PoolCore(m, base, self._table, self.slots, self.slot_size, self._data, self._nonce)
 
     # ---- creation and attachment ----------------------------------------------------------------
 
@@ -270,8 +275,11 @@ class PayloadPool:
         return (TABLE_OFFSET + slots * ENTRY_SIZE + 63) // 64 * 64 + slots * size
 
     @classmethod
-    def create(cls, region: Region, name: str, *, slots: int, slot_size: int) -> PayloadPool:
-        """Allocate a pool of `slots` slots of `slot_size` bytes (rounded up to 64) in `region`."""
+    def create(cls, region: Region, name: str, *, slots: int, slot_size: int, native: bool = True) -> PayloadPool:
+        """Allocate a pool of `slots` slots of `slot_size` bytes (rounded up to 64) in `region`.
+
+        ``native=False`` runs the ownership steps in Python (the reference) instead of the C core.
+        """
         if isinstance(slots, bool) or not isinstance(slots, int) or not 1 <= slots <= MAX_SLOTS:
             raise ValueError(f"slots must be an int in 1..{MAX_SLOTS}, not {slots!r}")
         if isinstance(slot_size, bool) or not isinstance(slot_size, int) or not 1 <= slot_size <= MAX_SLOT_SIZE:
@@ -287,10 +295,10 @@ class PayloadPool:
         m.store_u32(base + OFF_TABLE, TABLE_OFFSET)
         m.store_u64(base + OFF_DATA, data)
         m.store_u32(base + OFF_MAGIC, POOL_MAGIC)  # last: the pool is complete
-        return cls(region, name, base)
+        return cls(region, name, base, native=native)
 
     @classmethod
-    def attach(cls, region: Region, name: str) -> PayloadPool:
+    def attach(cls, region: Region, name: str, *, native: bool = True) -> PayloadPool:
         """Attach to the pool `name` of `region`; every header value is checked against the object's size."""
         entry = region.lookup(name, POOL_KIND)
         m = region.mapping
@@ -316,7 +324,7 @@ class PayloadPool:
                 f"pool {name!r} is corrupt: {slots} slots of {size} bytes, table at {table}, data at {data}"
                 f" do not fit its {entry.size} bytes", object=name, field="geometry", value=slots,
             )
-        return cls(region, name, base)
+        return cls(region, name, base, native=native)
 
     # ---- helpers ----------------------------------------------------------------------------------
 
@@ -374,6 +382,13 @@ class PayloadPool:
         """A free slot now, or None."""
         self._check_open()
         pid, start = self._pid()
+        if self._core is not None:
+            got = self._core.try_loan(pid, start)
+            if got is None:
+                return None
+            loan = Loan(self, got[0], got[1], self._slot_view(got[0]))
+            self._mine[got[0]] = loan
+            return loan
         m, n = self._m, self.slots
         first = m.load_u32(self._base + OFF_CURSOR) % n
         for i in range(n):
@@ -457,24 +472,33 @@ class PayloadPool:
             dtype.encode("ascii"),
         ) + struct.pack(f"<{len(shape)}Q", *shape) + raw_directive
         pid, start = self._pid()
-        m = self._m
-        entry = self._entry(loan.slot)
-        m.store_u32(entry + E_LENGTH, nbytes)
-        m.store_u32(entry + E_CRC, zlib.crc32(descriptor))
-        loaned = _word(loan.generation, LOANED, pid)
-        if not self._give_up(loan.slot, loaned, COMMITTED, pid):
-            raise SlotReclaimed(f"slot {loan.slot} of pool {self.name!r} is no longer loaned to this process")
-        try:
-            A.send_to(target, descriptor, timeout)
-        except BaseException:
-            committed = _word(loan.generation, COMMITTED, pid)
-            if m.cas_u64(entry + E_CONTROL, committed, loaned) == committed:
-                m.store_u64(entry + E_START, start)
-            raise
+        core = self._core
+        if core is not None:
+            if not core.commit(loan.slot, loan.generation, pid, nbytes, zlib.crc32(descriptor)):
+                raise SlotReclaimed(f"slot {loan.slot} of pool {self.name!r} is no longer loaned to this process")
+            try:
+                A.send_to(target, descriptor, timeout)
+            except BaseException:
+                core.uncommit(loan.slot, loan.generation, pid, start)
+                raise
+        else:
+            m = self._m
+            entry = self._entry(loan.slot)
+            m.store_u32(entry + E_LENGTH, nbytes)
+            m.store_u32(entry + E_CRC, zlib.crc32(descriptor))
+            loaned = _word(loan.generation, LOANED, pid)
+            if not self._give_up(loan.slot, loaned, COMMITTED, pid):
+                raise SlotReclaimed(f"slot {loan.slot} of pool {self.name!r} is no longer loaned to this process")
+            try:
+                A.send_to(target, descriptor, timeout)
+            except BaseException:
+                committed = _word(loan.generation, COMMITTED, pid)
+                if m.cas_u64(entry + E_CONTROL, committed, loaned) == committed:
+                    m.store_u64(entry + E_START, start)
+                raise
+            m.fetch_add_u64(self._base + OFF_COMMITS, 1)
         loan._open = False
-        with self._lock:
-            self._mine.pop(loan.slot, None)
-        m.fetch_add_u64(self._base + OFF_COMMITS, 1)
+        self._mine.pop(loan.slot, None)
         _drop_view(loan.view)
         return descriptor
 
@@ -482,15 +506,18 @@ class PayloadPool:
         """Return a loaned slot unused."""
         loan._check()
         pid, _ = self._pid()
-        if not self._give_up(loan.slot, _word(loan.generation, LOANED, pid), FREE):
+        if self._core is not None:
+            freed = self._core.free(loan.slot, loan.generation, pid, LOANED)
+        else:
+            freed = self._give_up(loan.slot, _word(loan.generation, LOANED, pid), FREE)
+        if not freed:
             raise SlotReclaimed(f"slot {loan.slot} of pool {self.name!r} is no longer loaned to this process")
         loan._open = False
-        with self._lock:
-            self._mine.pop(loan.slot, None)
-        m = self._m
-        m.fetch_add_u64(self._base + OFF_RELEASES, 1)
+        self._mine.pop(loan.slot, None)
         _drop_view(loan.view)
-        self._freed()
+        if self._core is None:
+            self._m.fetch_add_u64(self._base + OFF_RELEASES, 1)
+            self._freed()
 
     # ---- consumer -------------------------------------------------------------------------------
 
@@ -527,6 +554,28 @@ class PayloadPool:
     def accept(self, descriptor: bytes | bytearray | memoryview) -> Payload:
         """Take the slot a received descriptor names; `StaleDescriptor` / `ForgedDescriptor` if it is not valid now."""
         self._check_open()
+        if self._core is None:
+            return self._accept(descriptor)
+        pid, start = self._pid()
+        code, slot, gen, length, ndim, flags, dlen = self._core.accept(descriptor, zlib.crc32(descriptor), pid, start)
+        if code:
+            # refused (nothing changed): the reference path names the reason, or takes the slot if the
+            # refusal was a race that has resolved meanwhile
+            return self._accept(descriptor)
+        try:
+            dtype, itemsize = A.check_wire_dtype(bytes(descriptor[24:32]))
+            shape = struct.unpack_from(f"<{ndim}Q", descriptor, DESCRIPTOR_HEAD.size)
+            if math.prod(shape) * itemsize != length:
+                raise ForgedDescriptor(f"shape {shape} of {dtype} does not make {length} bytes")
+            directive = A.decode_directive(bytes(descriptor[DESCRIPTOR_HEAD.size + 8 * ndim :]), flags)
+        except ProtocolError as exc:
+            self._core.unaccept(slot, gen, pid)
+            raise exc if isinstance(exc, ForgedDescriptor) else ForgedDescriptor(str(exc)) from None
+        payload = Payload(self, slot, gen, length, dtype, shape, directive, self._slot_view(slot)[:length].toreadonly())
+        self._mine[slot] = payload
+        return payload
+
+    def _accept(self, descriptor: bytes | bytearray | memoryview) -> Payload:
         slot, gen, length, dtype, shape, directive = self.parse(descriptor)
         pid, start = self._pid()
         m = self._m
@@ -559,11 +608,14 @@ class PayloadPool:
 
     def _release(self, payload: Payload) -> None:
         pid, _ = self._pid()
-        with self._lock:
-            self._mine.pop(payload.slot, None)
+        self._mine.pop(payload.slot, None)
         _drop_view(payload.data)
         if self._closed:
             raise IpcError(f"pool {self.name!r} is closed; its slots were given back at close")
+        if self._core is not None:
+            if not self._core.free(payload.slot, payload.generation, pid, HELD):
+                raise SlotReclaimed(f"slot {payload.slot} of pool {self.name!r} was reclaimed before its release")
+            return
         if not self._give_up(payload.slot, _word(payload.generation, HELD, pid), FREE):
             raise SlotReclaimed(f"slot {payload.slot} of pool {self.name!r} was reclaimed before its release")
         self._m.fetch_add_u64(self._base + OFF_RELEASES, 1)
@@ -650,6 +702,8 @@ class PayloadPool:
             except IpcError:
                 pass  # reclaimed meanwhile, or the region is gone
         self._closed = True
+        if self._core is not None:
+            self._core.close()
         if self._view is not None:
             _drop_view(self._view)
             self._view = None
