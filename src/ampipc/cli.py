@@ -42,6 +42,7 @@ _DEMOS: dict[str, tuple[str, str, str]] = {
     "events-exti": ("ampipc.demos.events", "run_exti", "the events demo woken by an EXTI software interrupt"),
     "openamp": ("ampipc.rpmsg.demo", "run_demo", "OpenAMP RPMsg: CM7 host, CM4 remote, name service and echo"),
     "bridge": ("ampipc.demos.bridge", "run", "a CM4's frames reach another host's region through two Zenoh bridges"),
+    "service": ("ampipc.demos.service", "run", "a remote service: the CM4's file system and serial port called from CM7 tasks and a process"),
     "cm-ipc": ("ampipc.compat.examples.cm_ipc_sample", "run", "ST's cm_ipc sample, ported with the firmware names"),
     "payload": ("ampipc.demos.payload", "run", "CM4 DMAs 1 MiB frames into pool slots; CM7 processes them zero-copy"),
 }
