@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .stats import BridgeRunning, BridgeStatistics, RouteStatistics, read_bridge_statistics
 
 if TYPE_CHECKING:
+    from .services import ServiceExport, ZenohLink, connect_service
     from .session import open_session, session_config
     from .zenoh_bridge import Route, ZenohBridge
 
@@ -24,7 +25,10 @@ __all__ = [
     "BridgeStatistics",
     "Route",
     "RouteStatistics",
+    "ServiceExport",
     "ZenohBridge",
+    "ZenohLink",
+    "connect_service",
     "open_session",
     "read_bridge_statistics",
     "session_config",
@@ -35,6 +39,9 @@ _LAZY = {
     "Route": "zenoh_bridge",
     "open_session": "session",
     "session_config": "session",
+    "connect_service": "services",
+    "ZenohLink": "services",
+    "ServiceExport": "services",
 }
 
 
@@ -49,6 +56,8 @@ def __getattr__(name: str) -> Any:
     except ModuleNotFoundError as e:
         if e.name == "zenoh":
             raise ImportError("the ampipc bridge needs Eclipse Zenoh: pip install 'ampipc[zenoh]'") from None
+        if e.name == "msgspec":
+            raise ImportError("remote calls need msgspec: pip install 'ampipc[services]'") from None
         raise
     globals()[name] = value
     return value

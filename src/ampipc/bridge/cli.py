@@ -51,6 +51,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("region", help="the region to bridge (it must exist)")
     p.add_argument("--export", dest="exports", action="append", type=_export_pair, default=[], metavar="BUFFER=KEY")
     p.add_argument("--import", dest="imports", action="append", type=_import_pair, default=[], metavar="KEY=BUFFER")
+    p.add_argument("--service", dest="services", action="append", type=_export_pair, default=[], metavar="NAME=KEY",
+                   help="let remote clients call the rpc service NAME a core serves in REGION, through KEY")
     p.add_argument("--connect", action="append", default=[], metavar="ENDPOINT", help="dial this peer, e.g. tcp/10.0.0.2:7447")
     p.add_argument("--listen", action="append", default=[], metavar="ENDPOINT", help="accept peers here, e.g. tcp/0.0.0.0:7447")
     p.add_argument("--name", default="bridge", help="the bridge's name in the region's statistics (default: bridge)")
@@ -70,8 +72,8 @@ def _print_routes(bridge: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if not args.exports and not args.imports:
-        raise ValueError("nothing to bridge: give at least one --export BUFFER=KEY or --import KEY=BUFFER")
+    if not args.exports and not args.imports and not args.services:
+        raise ValueError("nothing to bridge: give at least one --export BUFFER=KEY, --import KEY=BUFFER or --service NAME=KEY")
     if not args.connect and not args.listen:
         raise ValueError("give --listen ENDPOINT and/or --connect ENDPOINT (the bridge does not scout)")
     try:
@@ -93,11 +95,15 @@ def _run(args: argparse.Namespace) -> int:
                     bridge.export(buffer, key, on_peer_lost=args.on_peer_lost)
                 for key, buffer in args.imports:
                     bridge.import_(key, buffer, on_peer_lost=args.on_peer_lost)
+                for service, key in args.services:
+                    bridge.export_service(service, key)
                 print(f"bridge {args.name!r} on region {region.name!r}, zenoh id {bridge.zid}: "
                       f"listen {args.listen or '-'}, connect {args.connect or '-'}", flush=True)
                 for route in bridge.routes:
                     arrow = "->" if route.direction == "export" else "<-"
                     print(f"  {route.local.description} {arrow} {route.key}", flush=True)
+                for service, key in args.services:
+                    print(f"  rpc service {service} <- {key}", flush=True)
                 next_report = None if args.stats_interval is None else time.monotonic() + args.stats_interval
                 while True:
                     time.sleep(0.2)

@@ -507,6 +507,18 @@ class ZenohBridge:
         route.start()
         return route
 
+    def export_service(self, target: Any, key: str, **options: Any) -> Any:
+        """Let clients on other hosts call `target` through `key` (see `ampipc.bridge.services`).
+
+        `target`: a services `Server` (served in this process), or the name of a service a core
+        published in this bridge's region with ``Server.listen(region, name)`` (relayed to it).
+        Returns the `ServiceExport`; it closes with the bridge.
+        """
+        self._check_open()
+        from .services import export_service
+
+        return export_service(self, target, key, **options)
+
     @property
     def routes(self) -> list[Route]:
         return list(self._routes)
