@@ -103,8 +103,26 @@ def _numpy() -> Any:
     return numpy
 
 
+_dtype_cache: dict[tuple[Any, bool], tuple[str, int]] = {}
+
+
 def normalise_dtype(dtype: Any) -> tuple[str, int]:
     """(type string, itemsize) of a dtype-like value; ValueError for types that cannot travel."""
+    key = (dtype, _numpy() is None)
+    try:
+        return _dtype_cache[key]
+    except (KeyError, TypeError):
+        pass
+    found = _normalise_dtype(dtype)
+    try:
+        if len(_dtype_cache) < 256:
+            _dtype_cache[key] = found
+    except TypeError:  # an unhashable dtype-like value
+        pass
+    return found
+
+
+def _normalise_dtype(dtype: Any) -> tuple[str, int]:
     np = _numpy()
     if np is not None:
         try:
@@ -140,7 +158,9 @@ def typed_view(view: memoryview, dtype: str, shape: tuple[int, ...]) -> Any:
     np = _numpy()
     if np is not None:
         return np.frombuffer(view, dtype=dtype).reshape(shape)
-    fmt: Any = _STRUCT_FORMATS[dtype]
+    fmt: Any = _STRUCT_FORMATS.get(dtype)
+    if fmt is None:
+        raise ValueError(f"without numpy, data type {dtype!r} has no memoryview format")
     if len(shape) == 0 or 0 in shape:
         return view.cast(fmt)
     return view.cast(fmt, shape)
