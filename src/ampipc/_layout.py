@@ -2,7 +2,7 @@
 
 Every multi-byte field is little-endian and naturally aligned. Offsets only, never pointers:
 each process maps the region at its own address. This module is the one description of these
-layouts on the Python side; `_native.c` repeats the buffer-header offsets (its fast path reads
+layouts on the Python side; `_native/layout.h` repeats the buffer-header offsets (its fast path reads
 them) and the test suite checks that both agree.
 
 Region header (offset 0, 128 bytes)::

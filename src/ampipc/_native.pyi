@@ -1,4 +1,4 @@
-"""Type stubs for the C core `ampipc._native` (hand-written; keep in step with _native.c)."""
+"""Type stubs for the C core `ampipc._native` (hand-written; keep in step with _native/ring_api.c and mapping.c)."""
 
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol

@@ -1,4 +1,4 @@
-"""Regression tests from a review of the C core (`_native.c`).
+"""Regression tests from a review of the C core (`_native/`).
 
 Cases that crashed the interpreter run in a spawned child, so that a segfault is a test failure
 with its signal number instead of the end of the test run.
