@@ -51,6 +51,7 @@ _DEMOS: dict[str, tuple[str, str, str]] = {
 # Modules that add their own subcommands: each defines ``add_parser(subparsers) -> None`` and sets
 # ``func`` on its parser (``func(args) -> int``). Imported when the parser is built.
 _COMMAND_MODULES: list[str] = [
+    "ampipc.demos.openamp_rpc",
     "ampipc.tools.top",
     "ampipc.demos.openamp_matrix",
     "ampipc.bridge.cli",

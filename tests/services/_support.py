@@ -242,3 +242,24 @@ def async_client(region_name: str, service: str, calls: int, results: Any) -> No
     with Region.attach(region_name) as region:
         with Client.connect(region, service, timeout=30, call_timeout=60) as client:
             results.put(asyncio.run(main(client)))
+
+
+def region_rpc_client(region_name: str, link: str, results: Any) -> None:
+    """The rpmsg-rpc client script as the VIRTIO device of a Region link; reports its lines."""
+    from ampipc.services import openamp_rpc
+
+    lines: list[str] = []
+    status = 3
+    try:
+        with Region.attach(region_name) as region:
+            device = open_region(region, link, "device", create=False, open_timeout=60)
+            try:
+                ept = device.create_endpoint(openamp_rpc.SERVICE_NAME)
+                ept.wait_bound(60)
+                status = openamp_rpc.run_client_script(openamp_rpc.RpcFileClient(ept), out=lines.append)
+                ept.destroy()
+            finally:
+                device.close()
+    finally:
+        results.put(lines)
+    raise SystemExit(status)
