@@ -263,3 +263,50 @@ def region_rpc_client(region_name: str, link: str, results: Any) -> None:
     finally:
         results.put(lines)
     raise SystemExit(status)
+
+
+def _erpc_serve(transport: Any) -> int:
+    import erpc
+
+    from .erpc_shim.server import SensorHandler, SensorService
+
+    handler = SensorHandler()
+    server = erpc.simple_server.SimpleServer(transport, erpc.basic_codec.BasicCodec)
+    original_log = handler.log
+
+    def log(text: str) -> None:
+        original_log(text)
+        if text == "quit":
+            server.stop()
+
+    handler.log = log  # type: ignore[method-assign]
+    server.add_service(SensorService(handler))
+    server.run()
+    return len(handler.logged)
+
+
+def erpc_buffer_server(region_name: str, ready: Any) -> None:
+    """SimpleServer over BufferTransport (crossed pair) until a oneway log("quit")."""
+    from ampipc import MessageBuffer
+    from ampipc.services.erpc import BufferTransport
+
+    with Region.attach(region_name) as region:
+        transport = BufferTransport(MessageBuffer.attach(region, "erpc.s2c"), MessageBuffer.attach(region, "erpc.c2s"))
+        ready.set()
+        raise SystemExit(0 if _erpc_serve(transport) >= 2 else 5)
+
+
+def erpc_endpoint_server(region_name: str, link: str, ready: Any) -> None:
+    """SimpleServer over EndpointTransport as the RPMsg device of a Region link."""
+    from ampipc.services.erpc import EndpointTransport
+
+    with Region.attach(region_name) as region:
+        device = open_region(region, link, "device", create=False, open_timeout=60)
+        try:
+            ept = device.create_endpoint("erpc")
+            ept.wait_bound(60)
+            ready.set()
+            status = 0 if _erpc_serve(EndpointTransport(ept)) >= 2 else 5
+        finally:
+            device.close()
+    raise SystemExit(status)
