@@ -65,6 +65,45 @@ def test_every_missing_message_of_a_stream_is_counted(count: int, missing: set[i
     assert tracker.out_of_order == 0
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=300), min_size=1, max_size=40), st.data())
+def test_packed_samples_split_back_into_the_same_messages(messages: list[bytes], data: st.DataObject) -> None:
+    payload = b"".join(W.PACKED_LENGTH.pack(len(m)) + m for m in messages)
+    assert W.split_packed(payload, len(messages)) == messages
+    # any damage is refused whole, never half a batch
+    cut = data.draw(st.integers(0, len(payload) - 1))
+    with pytest.raises(ValueError):
+        W.split_packed(payload[:cut], len(messages))
+    with pytest.raises(ValueError):
+        W.split_packed(payload + b"x", len(messages))
+    with pytest.raises(ValueError):
+        W.split_packed(payload, len(messages) + 1)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 5), st.booleans()), min_size=1, max_size=60))
+def test_batches_and_single_messages_share_one_numbering(steps: list[tuple[int, bool]]) -> None:
+    tracker, seq, expected_lost = SequenceTracker(), 0, 0
+    for count, skip_one in steps:
+        if skip_one and seq:
+            seq += 1  # one message lost before this batch
+            expected_lost += 1
+        tracker.observe_batch(7, seq + 1, count)
+        seq += count
+    assert tracker.lost == expected_lost and tracker.out_of_order == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 40_000), min_size=1, max_size=50))
+def test_packing_groups_keep_order_and_bound_their_size(sizes: list[int]) -> None:
+    from ampipc.bridge.zenoh_bridge import PACK_BYTES, _groups
+
+    batch = [bytes([i % 256]) * n for i, n in enumerate(sizes)]
+    groups = _groups(batch)
+    assert [m for g in groups for m in g] == batch
+    assert all(len(g) == 1 or sum(map(len, g)) <= PACK_BYTES for g in groups)
+
+
 def test_tracker_forgets_the_oldest_epochs() -> None:
     tracker = SequenceTracker(max_epochs=2)
     for epoch in (1, 2, 3):
@@ -187,6 +226,31 @@ def test_a_lost_peer_closes_the_sink_with_on_peer_lost_close(pair: Pair) -> None
     with pytest.raises(PeerClosed):
         inbox.receive(timeout=S.GENEROUS)  # not a silent stall
     assert importing.state == "peer lost" and importing.peer_losses == 1
+
+
+def test_packed_samples_keep_every_message_whole_and_in_order(make_region: Any, unique_name: Any) -> None:
+    p = Pair(make_region, unique_name, pack=64)
+    try:
+        out = MessageBuffer.create(p.a_region, "out", 1 << 16)
+        inbox = MessageBuffer.create(p.b_region, "in", 1 << 16)
+        for seq in range(300):  # a backlog before anyone listens: the exporter packs it
+            out.send(S.make_message(seq), timeout=S.GENEROUS)
+        exporting = p.a.export(out, p.key)
+        importing = p.b.import_(p.key, inbox)
+        total = 5_000
+        sender = threading.Thread(target=lambda: [out.send(S.make_message(i), timeout=S.GENEROUS)
+                                                  for i in range(300, total)])
+        sender.start()
+        got = [S.check_message(inbox.receive(timeout=S.GENEROUS)) for _ in range(total)]
+        sender.join(S.GENEROUS)
+        assert got == list(range(total))
+        _until(lambda: exporting.statistics().messages == total, "the exporter's count")
+        assert exporting.statistics().bytes == importing.statistics().bytes == sum(len(S.make_message(i))
+                                                                                    for i in range(total))
+        assert (importing.statistics().lost, importing.statistics().drops) == (0, 0)
+        assert importing.samples == exporting.samples < total  # the backlog went out packed
+    finally:
+        p.close()
 
 
 def test_drop_on_congestion_counts_every_drop(make_region: Any, unique_name: Any) -> None:

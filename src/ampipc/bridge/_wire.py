@@ -13,6 +13,13 @@ offset width field
              is exact on one host, and as good as the hosts' clock sync across hosts)
 ====== ===== ==================================================================================
 
+Packed sample (only between ampipc bridges, when the exporter was given ``pack`` > 1): the
+payload is several whole messages, each as a u32 little-endian length then its bytes (the
+message buffer's own framing), and the attachment is ``PACKED_HEADER`` (32 bytes): epoch u64,
+sequence of the first message u64, published_ns u64, message count u32, reserved u32 (0). A
+sample with one message is always sent unpacked, so a bridge that packs still talks to any Zenoh
+subscriber whenever its source is not backlogged.
+
 Statistics object (a region directory entry of kind ``zenoh_bridge``): a 128-byte header, then
 ``route_capacity`` route records of 192 bytes. Only the bridge process writes it (the header at
 start and close, each route's record from that route's thread, every field with an aligned
@@ -36,6 +43,9 @@ import struct
 
 __all__ = [
     "SAMPLE_HEADER",
+    "PACKED_HEADER",
+    "PACKED_LENGTH",
+    "split_packed",
     "STATS_KIND",
     "STATS_MAGIC",
     "STATS_VERSION",
@@ -48,6 +58,8 @@ __all__ = [
 ]
 
 SAMPLE_HEADER = struct.Struct("<QQQ")
+PACKED_HEADER = struct.Struct("<QQQII")
+PACKED_LENGTH = struct.Struct("<I")
 
 STATS_KIND = "zenoh_bridge"
 STATS_MAGIC = 0x4752425A  # "ZBRG"
@@ -100,3 +112,22 @@ ROUTE_STATES = {
 STATE_CODES = {name: code for code, name in ROUTE_STATES.items()}
 
 assert HEADER.size <= HEADER_SIZE and ROUTE_HEAD.size == ROUTE_SIZE
+
+
+def split_packed(payload: bytes, count: int) -> list[bytes]:
+    """The `count` messages of a packed payload; ValueError unless it is exactly `count` whole messages."""
+    out: list[bytes] = []
+    view = memoryview(payload)
+    offset, end = 0, len(payload)
+    for _ in range(count):
+        if offset + 4 > end:
+            raise ValueError(f"packed sample: message {len(out)} has no length ({end - offset} bytes left)")
+        (length,) = PACKED_LENGTH.unpack_from(view, offset)
+        offset += 4
+        if length > end - offset:
+            raise ValueError(f"packed sample: message {len(out)} claims {length} bytes, {end - offset} are left")
+        out.append(bytes(view[offset : offset + length]))
+        offset += length
+    if offset != end:
+        raise ValueError(f"packed sample: {end - offset} bytes after its {count} messages")
+    return out

@@ -38,6 +38,7 @@ class Source(Protocol):
     description: str
 
     def receive(self, timeout: float | None) -> bytes: ...
+    def receive_many(self, max_count: int, timeout: float | None) -> list[bytes]: ...
     def backlog(self) -> int: ...
 
 
@@ -46,6 +47,7 @@ class Sink(Protocol):
     description: str
 
     def send(self, data: bytes, timeout: float | None) -> None: ...
+    def send_many(self, messages: list[bytes], timeout: float | None) -> int: ...
     def try_send(self, data: bytes) -> bool: ...
     def close(self) -> bool: ...
 
@@ -67,6 +69,12 @@ class BufferPort:
 
     def receive(self, timeout: float | None) -> bytes:
         return self.buffer.receive(timeout=timeout)
+
+    def receive_many(self, max_count: int, timeout: float | None) -> list[bytes]:
+        return self.buffer.receive_many(max_count, timeout=timeout)
+
+    def send_many(self, messages: list[bytes], timeout: float | None) -> int:
+        return self.buffer.send_many(messages, timeout=timeout)
 
     def backlog(self) -> int:
         return self.buffer.bytes_available
@@ -92,6 +100,12 @@ class ChannelPort:
 
     def receive(self, timeout: float | None) -> bytes:
         return self.ipc.receive(self.channel, timeout=timeout)
+
+    def receive_many(self, max_count: int, timeout: float | None) -> list[bytes]:
+        return self.ipc.receive_many(self.channel, max_count, timeout=timeout)
+
+    def send_many(self, messages: list[bytes], timeout: float | None) -> int:
+        return self.ipc.send_many(self.channel, messages, timeout=timeout)
 
     def backlog(self) -> int:
         return self.ipc.rx_buffer(self.channel).bytes_available
@@ -119,6 +133,19 @@ class EndpointPort:
         if self.endpoint.destroyed:
             raise PeerClosed(f"endpoint {self.endpoint.name!r} is destroyed")
         return self.endpoint.receive(timeout=timeout)
+
+    def receive_many(self, max_count: int, timeout: float | None) -> list[bytes]:
+        return [self.receive(timeout)]
+
+    def send_many(self, messages: list[bytes], timeout: float | None) -> int:
+        sent = 0
+        for data in messages:
+            try:
+                self.send(data, timeout)
+            except TimeoutError:  # NoBuffer or unbound: what was sent is counted, as buffers do
+                return sent
+            sent += 1
+        return sent
 
     def backlog(self) -> int:
         return self.endpoint.pending

@@ -51,3 +51,10 @@ class SequenceTracker:
         missing = sequence - last - 1
         self.lost += missing
         return missing
+
+    def observe_batch(self, epoch: int, first: int, count: int) -> int:
+        """Account for `count` consecutive messages numbered from `first` (a packed sample)."""
+        missing = self.observe(epoch, first)
+        if count > 1 and self._last.get(epoch, 0) < first + count - 1:
+            self._last[epoch] = first + count - 1
+        return missing

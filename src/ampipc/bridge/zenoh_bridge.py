@@ -80,6 +80,26 @@ def _check_key(key: str, *, concrete: bool) -> str:
     return key
 
 
+PACK_BYTES = 64 * 1024
+"""A packed sample holds at most this many payload bytes (larger messages always go alone)."""
+
+
+def _groups(batch: list[bytes]) -> list[list[bytes]]:
+    """`batch` cut, in order, into runs of at most `PACK_BYTES` (a longer message forms a run alone)."""
+    groups: list[list[bytes]] = []
+    current: list[bytes] = []
+    size = 0
+    for data in batch:
+        if current and size + len(data) > PACK_BYTES:
+            groups.append(current)
+            current, size = [], 0
+        current.append(data)
+        size += len(data)
+    if current:
+        groups.append(current)
+    return groups
+
+
 def _undeclare(entity: Any) -> None:
     """Undeclare a Zenoh entity; one already undeclared (or whose session closed) is left alone."""
     try:
@@ -113,6 +133,7 @@ class Route:
         self.lag_ns_last = 0
         self.lag_ns_max = 0
         self.peer_losses = 0
+        self.samples = 0  # Zenoh samples published or received (fewer than messages when packed)
         self.error: BaseException | None = None
         session = bridge.session
         zid = str(session.info.zid())
@@ -220,8 +241,9 @@ class Route:
 
 
 class _ExportRoute(Route):
-    def __init__(self, bridge: ZenohBridge, local: Port, key: str, on_peer_lost: PeerLost) -> None:
+    def __init__(self, bridge: ZenohBridge, local: Port, key: str, on_peer_lost: PeerLost, pack: int) -> None:
         super().__init__(bridge, 1, local, key, on_peer_lost)
+        self.pack = pack
         previous = bridge._shared.previous_position(key)
         # A bridge restarted under the same name continues its predecessor's numbering, so the
         # importer counts the messages the dead bridge took out of the source but never delivered.
@@ -256,6 +278,9 @@ class _ExportRoute(Route):
         source = self.local
         put = self._publisher.put
         pack = W.SAMPLE_HEADER.pack
+        pack_many = W.PACKED_HEADER.pack
+        length = W.PACKED_LENGTH.pack
+        packing = self.pack
         epoch = self.epoch
         matched = self._matched
         stop = self._stop
@@ -270,7 +295,7 @@ class _ExportRoute(Route):
                 matched.wait(_SLICE)
                 continue
             try:
-                data = source.receive(_SLICE)
+                batch = [source.receive(_SLICE)] if packing == 1 else source.receive_many(packing, _SLICE)
             except TimeoutError:
                 continue
             except (PeerClosed, PeerDied, RegionClosed) as e:
@@ -278,11 +303,22 @@ class _ExportRoute(Route):
                 self._publisher.delete()  # the end-of-stream mark, after every message
                 self._set_state("source ended")
                 return
-            sequence += 1
-            store(sequence_word, sequence)
-            put(data, attachment=pack(epoch, sequence, time.time_ns()))
-            self.messages += 1
-            self.bytes += len(data)
+            first = sequence + 1
+            sequence += len(batch)
+            store(sequence_word, sequence)  # before publishing: a restarted bridge resumes after these
+            for group in _groups(batch) if packing > 1 else (batch,):
+                if len(group) == 1:
+                    data = group[0]
+                    put(data, attachment=pack(epoch, first, time.time_ns()))
+                    size = len(data)
+                else:
+                    payload = b"".join([part for data in group for part in (length(len(data)), data)])
+                    put(payload, attachment=pack_many(epoch, first, time.time_ns(), len(group), 0))
+                    size = len(payload) - 4 * len(group)
+                first += len(group)
+                self.messages += len(group)
+                self.bytes += size
+                self.samples += 1
 
     def local_close(self) -> None:
         closed = self.local.close()
@@ -338,78 +374,128 @@ class _ImportRoute(Route):
         self._finished.set()
         _undeclare(self._subscriber)
 
-    def _deliver(self, data: bytes) -> None:
-        sink = self.local
+    def _fail(self, error: BaseException, undelivered: int) -> None:
+        # The local reader is gone: say so, count what still comes, and stop matching the
+        # exporters so they keep their messages in their buffers instead of sending them here.
+        self.drops += undelivered
+        self.error = error
+        self._failed = True
+        self._set_state("sink failed")
+        log.warning("bridge import %s: the sink failed: %s", self.key, error)
+        threading.Thread(target=self._end_subscription, daemon=True).start()
+
+    def _deliver(self, messages: list[bytes]) -> None:
+        """Write `messages` into the sink, in order: blocking for room, or dropping (counted) under "drop"."""
         if self._failed:
-            self.drops += 1
+            self.drops += len(messages)
             return
+        sink = self.local
+        sent = 0
         try:
             if self.drop_on_congestion:
-                try:
-                    delivered = sink.try_send(data)
-                except MessageTooLarge:
-                    delivered = False
-                if not delivered:
-                    self.drops += 1
-                    return
-            else:
-                while True:
+                for data in messages:
                     try:
-                        sink.send(data, _SLICE)
-                        break
-                    except MessageTooLarge as e:
-                        self.drops += 1  # can never fit: counted, and said once per message
-                        log.error("bridge import %s: dropped a %d-byte message: %s", self.key, len(data), e)
+                        delivered = sink.try_send(data)
+                    except MessageTooLarge:
+                        delivered = False
+                    if delivered:
+                        sent += 1
+                        self.bytes += len(data)
+                    else:
+                        self.drops += 1
+                self.messages += sent
+                return
+            while sent < len(messages):
+                try:
+                    if len(messages) - sent == 1:
+                        sink.send(messages[sent], _SLICE)
+                        done = 1
+                    else:
+                        done = sink.send_many(messages[sent:], _SLICE)
+                except TimeoutError:
+                    done = 0
+                except MessageTooLarge as e:
+                    self.drops += 1  # can never fit: counted, and said once per message
+                    log.error("bridge import %s: dropped a %d-byte message: %s", self.key, len(messages[sent]), e)
+                    sent += 1
+                    continue
+                for data in messages[sent : sent + done]:
+                    self.bytes += len(data)
+                self.messages += done
+                sent += done
+                if done == 0:
+                    deadline = self._drain_deadline
+                    if deadline is not None and time.monotonic() > deadline:
+                        self.drops += len(messages) - sent  # the bridge is closing and the sink stays full
                         return
-                    except TimeoutError:
-                        deadline = self._drain_deadline
-                        if deadline is not None and time.monotonic() > deadline:
-                            self.drops += 1  # the bridge is closing and the sink stays full
-                            return
         except (PeerDied, PeerClosed, RegionClosed, IpcError) as e:
-            # The local reader is gone: say so, count what still comes, and stop matching the
-            # exporters so they keep their messages in their buffers instead of sending them here.
-            self.drops += 1
-            self.error = e
-            self._failed = True
-            self._set_state("sink failed")
-            log.warning("bridge import %s: the sink failed: %s", self.key, e)
-            threading.Thread(target=self._end_subscription, daemon=True).start()
-            return
-        self.messages += 1
-        self.bytes += len(data)
+            self._fail(e, len(messages) - sent)
+
+    def _messages_of(self, sample: zenoh.Sample) -> list[bytes]:
+        """The whole messages a sample carries (one, or a packed batch), its sequence numbers and lag accounted."""
+        self.samples += 1
+        data = sample.payload.to_bytes()
+        attachment = sample.attachment
+        if attachment is None:
+            return [data]  # a plain Zenoh publisher's sample: the payload is the message
+        raw = attachment.to_bytes()
+        if len(raw) == W.SAMPLE_HEADER.size:
+            epoch, first, published_ns = W.SAMPLE_HEADER.unpack(raw)
+            messages = [data]
+            self.lost += self._tracker.observe(epoch, first)
+        elif len(raw) == W.PACKED_HEADER.size:
+            epoch, first, published_ns, count, _ = W.PACKED_HEADER.unpack(raw)
+            try:
+                messages = W.split_packed(data, count)
+            except ValueError as e:
+                self.drops += max(count, 1)  # refused, and counted: never half a batch
+                log.error("bridge import %s: %s", self.key, e)
+                return []
+            self.lost += self._tracker.observe_batch(epoch, first, count)
+        else:
+            return [data]
+        lag = time.time_ns() - published_ns
+        if lag > 0:
+            self.lag_ns_last = lag
+            if lag > self.lag_ns_max:
+                self.lag_ns_max = lag
+        return messages
 
     def _on_sample(self, sample: zenoh.Sample) -> None:
-        """One sample, in order: account its sequence number and lag, then write it into the sink."""
+        """One sample, from Zenoh's receive thread (``fifo_capacity=0``)."""
         with self._delivering:
             if sample.kind == zenoh.SampleKind.DELETE:
                 self._ended = True  # the exporter's end-of-stream mark; everything before it was delivered
                 self._finished.set()
                 return
-            data = sample.payload.to_bytes()
-            attachment = sample.attachment
-            if attachment is not None:
-                raw = attachment.to_bytes()
-                if len(raw) == W.SAMPLE_HEADER.size:
-                    epoch, sequence, published_ns = W.SAMPLE_HEADER.unpack(raw)
-                    self.lost += self._tracker.observe(epoch, sequence)
-                    lag = time.time_ns() - published_ns
-                    if lag > 0:
-                        self.lag_ns_last = lag
-                        if lag > self.lag_ns_max:
-                            self.lag_ns_max = lag
-            self._deliver(data)
+            self._deliver(self._messages_of(sample))
+
+    def _drain_fifo(self) -> None:
+        """The route thread with a FIFO: take what is queued (up to 256 samples), write it in one go."""
+        handler = self._handler
+        recv, try_recv = handler.recv, handler.try_recv
+        while not self._ended:
+            try:
+                samples = [recv()]
+                while len(samples) < 256:
+                    more = try_recv()
+                    if more is None:
+                        break
+                    samples.append(more)
+            except zenoh.ZError:
+                break  # undeclared and drained
+            messages: list[bytes] = []
+            with self._delivering:
+                for sample in samples:
+                    if sample.kind == zenoh.SampleKind.DELETE:
+                        self._ended = True
+                        break
+                    messages += self._messages_of(sample)
+                self._deliver(messages)
 
     def _run(self) -> None:
         if self._handler is not None:
-            recv = self._handler.recv
-            on_sample = self._on_sample
-            while not self._ended:
-                try:
-                    sample = recv()
-                except zenoh.ZError:
-                    break  # undeclared and drained
-                on_sample(sample)
+            self._drain_fifo()
         else:
             while not self._finished.wait(_SLICE):
                 pass
@@ -451,9 +537,13 @@ class ZenohBridge:
         fifo_capacity: int = 256,
         max_routes: int = 16,
         express: bool = False,
+        pack: int = 1,
     ) -> None:
         if congestion not in ("block", "drop"):
             raise ValueError(f"congestion must be 'block' or 'drop', not {congestion!r}")
+        if not isinstance(pack, int) or not 1 <= pack <= 4096:
+            raise ValueError(f"pack must be 1..4096 messages per sample, not {pack!r}")
+        self.pack = pack
         if not isinstance(fifo_capacity, int) or fifo_capacity < 0:
             raise ValueError(f"fifo_capacity must be an int >= 0, not {fifo_capacity!r}")
         self.region = region
@@ -489,7 +579,7 @@ class ZenohBridge:
             raise ValueError(f"key {key!r} is exported by this bridge already")
         if on_peer_lost not in ("close", "wait"):
             raise ValueError(f"on_peer_lost must be 'close' or 'wait', not {on_peer_lost!r}")
-        route = _ExportRoute(self, port(source, self.region, channel=channel), key, on_peer_lost)
+        route = _ExportRoute(self, port(source, self.region, channel=channel), key, on_peer_lost, self.pack)
         self._routes.append(route)
         route.start()
         return route
