@@ -8,6 +8,12 @@ file + UNIX socket) and this process plays the driver, single-threaded (``io_thr
   ``perf_counter_ns`` after a warm-up; median and 99th percentile in microseconds;
 - messages/s: echoes completed per second with up to ``WINDOW`` messages in flight.
 
+The Region transport runs twice, on the C fast path (``ampipc._vring``, the default) and on the
+pure-Python reference (``AMPIPC_RPMSG_PURE=1``, passed to the child through its environment).
+In the same run, a MessageBuffer pair in a Region (a spawn child echoing, both sides with the
+default spin) gives the reference round trip; each RPMsg row carries its ratio to it
+(``vs MessageBuffer``; target for the Region transport: <= 2x).
+
 Every echo is compared with what was sent, so a broken link cannot look fast.
 """
 
@@ -21,9 +27,13 @@ import tempfile
 import time
 from typing import Any
 
-from ampipc import Region
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from ampipc import MessageBuffer, Region
 from ampipc.rpmsg import DEMO_CHANNEL, RpmsgDevice, open_linux, open_region
 from ampipc.rpmsg.echo import run_echo_device, run_region_echo_device
+from ampipc.rpmsg.virtqueue import PURE_PATH_ENV
 
 WINDOW = 32
 
@@ -34,6 +44,68 @@ def _linux_child(shm: str, sock: str) -> None:
 
 def _region_child(region_name: str) -> None:
     raise SystemExit(run_region_echo_device(region_name, "bench", DEMO_CHANNEL))
+
+
+def _buffer_child(region_name: str) -> None:
+    with Region.attach(region_name) as region:
+        into = MessageBuffer.attach(region, "to-echo")
+        out = MessageBuffer.attach(region, "from-echo")
+        while True:
+            data = into.receive(60)
+            if not data:
+                return
+            out.send(data, 60)
+
+
+def _run_message_buffer(size: int, n_rt: int) -> dict[str, Any]:
+    """The reference: one message buffer each way, a child echoing, timed like the RPMsg rows."""
+    ctx = mp.get_context("spawn")
+    name = f"ampipc-bench-mb-{os.getpid()}"
+    with Region.create(name, 1 << 20, replace_stale=True) as region:
+        out = MessageBuffer.create(region, "to-echo", 16384)
+        into = MessageBuffer.create(region, "from-echo", 16384)
+        child = ctx.Process(target=_buffer_child, args=(name,), daemon=True)
+        child.start()
+        try:
+            msg = (bytes(range(256)) * 2)[:size]
+            for _ in range(200):
+                out.send(msg, 30)
+                assert into.receive(30) == msg
+            samples = []
+            for _ in range(n_rt):
+                t0 = time.perf_counter_ns()
+                out.send(msg, 30)
+                echo = into.receive(30)
+                samples.append(time.perf_counter_ns() - t0)
+                if echo != msg:
+                    raise RuntimeError("echo differs")
+            out.send(b"", 30)
+            child.join(30)
+        finally:
+            if child.is_alive():
+                child.kill()
+            child.join()
+    samples.sort()
+    return {
+        "transport": "MessageBuffer pair (reference)",
+        "payload_bytes": size,
+        "round_trip_us_median": statistics.median(samples) / 1000,
+        "round_trip_us_p99": samples[min(len(samples) - 1, int(0.99 * len(samples)))] / 1000,
+    }
+
+
+@contextmanager
+def _path(fast: bool) -> Iterator[None]:
+    """The RPMsg path of this process and of the children it starts meanwhile."""
+    old = os.environ.get(PURE_PATH_ENV)
+    os.environ[PURE_PATH_ENV] = "0" if fast else "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[PURE_PATH_ENV]
+        else:
+            os.environ[PURE_PATH_ENV] = old
 
 
 def _measure(device: RpmsgDevice, size: int, round_trips: int, streamed: int) -> dict[str, Any]:
@@ -74,7 +146,7 @@ def _measure(device: RpmsgDevice, size: int, round_trips: int, streamed: int) ->
     }
 
 
-def _run_region(size: int, n_rt: int, n_stream: int) -> dict[str, Any]:
+def _run_region(size: int, n_rt: int, n_stream: int, fast: bool = True) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     name = f"ampipc-bench-rpmsg-{os.getpid()}"
     with Region.create(name, 1 << 20, replace_stale=True) as region:
@@ -88,7 +160,8 @@ def _run_region(size: int, n_rt: int, n_stream: int) -> dict[str, Any]:
             if child.is_alive():
                 child.kill()
             child.join()
-    return {"transport": "region (futex doorbell)", **row}
+    label = "region (futex doorbell)" if fast else "region (futex doorbell), pure Python"
+    return {"transport": label, **row}
 
 
 def _run_linux(size: int, n_rt: int, n_stream: int) -> dict[str, Any]:
@@ -119,19 +192,34 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     n_rt, n_stream = (500, 2000) if quick else (5000, 20000)
     rows = []
     for size in (64, 496):
-        rows.append(_run_region(size, n_rt, n_stream))
-        rows.append(_run_linux(size, n_rt, n_stream))
+        reference = _run_message_buffer(size, n_rt)
+        with _path(True):
+            measured = [_run_region(size, n_rt, n_stream), _run_linux(size, n_rt, n_stream)]
+        with _path(False):
+            measured.append(_run_region(size, n_rt, n_stream, fast=False))
+        for row in measured:
+            row["vs MessageBuffer"] = row["round_trip_us_median"] / reference["round_trip_us_median"]
+        rows += [*measured, reference]
     return rows
 
 
 def main() -> int:
     rows = run(quick="--quick" in sys.argv)
-    print(f"{'transport':32} {'bytes':>5} {'rtt median us':>14} {'rtt p99 us':>11} {'msgs/s':>9}")
+    print(f"{'transport':38} {'bytes':>5} {'rtt median us':>14} {'rtt p99 us':>11} {'msgs/s':>9} {'vs MessageBuffer':>17}")
     for r in rows:
+        rate = f"{r['msgs_per_s']:9.0f}" if "msgs_per_s" in r else f"{'-':>9}"
+        ratio = f"{r['vs MessageBuffer']:16.2f}x" if "vs MessageBuffer" in r else f"{'1.00x':>17}"
         print(
-            f"{r['transport']:32} {r['payload_bytes']:5d} {r['round_trip_us_median']:14.1f} "
-            f"{r['round_trip_us_p99']:11.1f} {r['msgs_per_s']:9.0f}"
+            f"{r['transport']:38} {r['payload_bytes']:5d} {r['round_trip_us_median']:14.1f} "
+            f"{r['round_trip_us_p99']:11.1f} {rate} {ratio}"
         )
+    for r in rows:
+        if r["transport"] == "region (futex doorbell)":
+            verdict = "met" if r["vs MessageBuffer"] <= 2.0 else "NOT met"
+            print(
+                f"target RPMsg over a Region <= 2x MessageBuffer round trip, {r['payload_bytes']} B: "
+                f"{r['vs MessageBuffer']:.2f}x ({verdict})"
+            )
     return 0
 
 

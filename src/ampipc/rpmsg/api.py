@@ -85,7 +85,8 @@ class RpmsgDevice:
     Opening performs the start-up handshake: the driver negotiates features, posts its receive
     buffers and writes DRIVER_OK; the device polls the status byte until DRIVER_OK (up to
     ``open_timeout``). ``on_new_service(device, name, addr)`` is called for a name-service
-    announcement that matches no local endpoint.
+    announcement that matches no local endpoint. ``fast`` picks the C rings (default, unless
+    ``AMPIPC_RPMSG_PURE`` is set) or the pure-Python reference (``False``); the wire is the same.
     """
 
     def __init__(
@@ -95,6 +96,7 @@ class RpmsgDevice:
         open_timeout: float | None = 60.0,
         io_thread: bool = True,
         on_new_service: NewServiceCallback | None = None,
+        fast: bool | None = None,
     ) -> None:
         self.transport = transport
         self.on_new_service = on_new_service
@@ -115,6 +117,7 @@ class RpmsgDevice:
                 pool_size=transport.pool_size,
                 buffer_size=transport.buffer_size,
                 name=transport.description,
+                fast=fast,
             )
             if transport.role is Role.DRIVER:
                 self._core.start_driver()
@@ -403,10 +406,16 @@ def open_region(
     align: int = 16,
     open_timeout: float | None = 60.0,
     doorbell_factory: Callable[[RegionTransport], Doorbell] | None = None,
+    spin: float | None = None,
     **kwargs: Any,
 ) -> RpmsgDevice:
-    """A link in the object ``name`` of an ampipc Region; ``create`` allocates it and writes the table."""
-    transport = RegionTransport(region, name, role, create=create, num=num, align=align, doorbell_factory=doorbell_factory)
+    """A link in the object ``name`` of an ampipc Region; ``create`` allocates it and writes the table.
+
+    ``spin`` bounds the futex doorbell's spin before it sleeps (seconds; None: the buffers' default).
+    """
+    transport = RegionTransport(
+        region, name, role, create=create, num=num, align=align, doorbell_factory=doorbell_factory, spin=spin
+    )
     return RpmsgDevice(transport, open_timeout=open_timeout, **kwargs)
 
 

@@ -27,6 +27,12 @@ returned at once; rings overlapping the buffer pool or the table are refused at 
 value increments ``statistics.protocol_errors``, is logged on the ``ampipc.rpmsg`` logger, and
 only that message is dropped; the buffer goes back to the peer whenever it can be identified. `poll()` and `try_send()` never raise for anything the
 peer wrote.
+
+Fast path (``fast=True``, the default unless ``AMPIPC_RPMSG_PURE`` is set): the rings are the C
+mirrors of `virtqueue` (``ampipc._vring``), and the hot loops below (the receive poll with its
+header checks, the transmit fill + publish, the driver's reclaim) each run as one C call that
+returns the same events and (kind, message) error entries this code produces. Everything else —
+start-up, name service, statistics, the transmit buffer choice — is this module on both paths.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import logging
 from collections import deque
 from dataclasses import dataclass, field
 
+from .. import _vring
 from ..errors import MessageTooLarge, ProtocolError
 from ._window import Window
 from ._wire import (
@@ -54,7 +61,14 @@ from ._wire import (
     STATUS_NEEDS_RESET,
 )
 from .rsc_table import ResourceTable, parse_resource_table
-from .virtqueue import DeviceQueue, DriverQueue, RingError
+from .virtqueue import (
+    AnyDeviceQueue,
+    AnyDriverQueue,
+    RingError,
+    fast_path_default,
+    make_device_queue,
+    make_driver_queue,
+)
 
 __all__ = ["LinkStatistics", "Message", "NameService", "Role", "RpmsgVirtio", "decode_ns_name", "encode_ns_name"]
 
@@ -136,6 +150,7 @@ class RpmsgVirtio:
         buffer_size: int = RPMSG_BUFFER_SIZE,
         wanted_features: int = FEATURE_NS,
         name: str = "rpmsg",
+        fast: bool | None = None,
     ) -> None:
         if buffer_size <= RPMSG_HDR_SIZE or buffer_size > 0xFFFF + RPMSG_HDR_SIZE:
             raise ValueError(f"buffer size {buffer_size} is out of range")
@@ -149,6 +164,7 @@ class RpmsgVirtio:
         self.pool_size = pool_size
         self.buffer_size = buffer_size
         self.wanted_features = wanted_features
+        self.fast = fast_path_default() if fast is None else fast
         self.statistics = LinkStatistics()
         self.features = 0
         self.ns_enabled = False
@@ -157,13 +173,13 @@ class RpmsgVirtio:
         self._kick = False
         self._more = False
         # driver side
-        self._drv_rx: DriverQueue | None = None
-        self._drv_tx: DriverQueue | None = None
+        self._drv_rx: AnyDriverQueue | None = None
+        self._drv_tx: AnyDriverQueue | None = None
         self._tx_free: deque[tuple[int, int]] = deque()
         self._tx_bump = 0
         # device side
-        self._dev_rx: DeviceQueue | None = None
-        self._dev_tx: DeviceQueue | None = None
+        self._dev_rx: AnyDeviceQueue | None = None
+        self._dev_tx: AnyDeviceQueue | None = None
         self._tx_stash: list[tuple[int, int, int]] = []
 
     # ---- errors ---------------------------------------------------------------------------------
@@ -208,8 +224,8 @@ class RpmsgVirtio:
         w.put_u32(table.gfeatures_offset, gfeatures)
         self.features = dfeatures & gfeatures
         self.ns_enabled = bool(self.features & FEATURE_NS)
-        rx = DriverQueue(w, table.vrings[0].geometry, f"{self.name}/vring0")
-        tx = DriverQueue(w, table.vrings[1].geometry, f"{self.name}/vring1")
+        rx = make_driver_queue(w, table.vrings[0].geometry, f"{self.name}/vring0", fast=self.fast)
+        tx = make_driver_queue(w, table.vrings[1].geometry, f"{self.name}/vring1", fast=self.fast)
         rx.reset()
         tx.reset()
         tx.set_no_interrupt(True)
@@ -259,8 +275,8 @@ class RpmsgVirtio:
         self.features = w.u32(table.dfeatures_offset) & w.u32(table.gfeatures_offset)
         self.ns_enabled = bool(self.features & FEATURE_NS)
         pool = (self.pool_offset, self.pool_offset + self.pool_size)
-        tx = DeviceQueue(w, table.vrings[0].geometry, pool, f"{self.name}/vring0")
-        rx = DeviceQueue(w, table.vrings[1].geometry, pool, f"{self.name}/vring1")
+        tx = make_device_queue(w, table.vrings[0].geometry, pool, f"{self.name}/vring0", fast=self.fast)
+        rx = make_device_queue(w, table.vrings[1].geometry, pool, f"{self.name}/vring1", fast=self.fast)
         tx.attach()
         rx.attach()
         tx.set_no_notify(True)
@@ -293,6 +309,11 @@ class RpmsgVirtio:
             self._error("header-length", f"header len {length} exceeds the buffer at {addr:#x} ({capacity - RPMSG_HDR_SIZE} max)")
             return
         payload = self.window.read(addr + RPMSG_HDR_SIZE, length)
+        self._event(src, dst, payload, events)
+
+    def _event(self, src: int, dst: int, payload: bytes, events: list[Event]) -> None:
+        """A message that passed the header checks: a name-service record or data."""
+        length = len(payload)
         st = self.statistics
         if dst == RPMSG_NS_ADDR and self.ns_enabled:
             if length != NS_RECORD_SIZE:
@@ -313,9 +334,23 @@ class RpmsgVirtio:
         st.bytes_received += length
         events.append(Message(src, dst, payload))
 
+    def _take_batch(self, batch: tuple[list[tuple[int, int, bytes]], list[tuple[str, str]], bool, bool]) -> list[Event]:
+        """The result of a C receive poll, through the same error and event handling as the loops below."""
+        raw, errors, self._more, kick = batch
+        for kind, message in errors:
+            self._error(kind, message)
+        events: list[Event] = []
+        for src, dst, payload in raw:
+            self._event(src, dst, payload, events)
+        if kick:
+            self._kick = True
+        return events
+
     def _poll_driver(self) -> list[Event]:
         rx = self._drv_rx
         assert rx is not None
+        if isinstance(rx, _vring.DriverRing):
+            return self._take_batch(rx.rx_batch(self.buffer_size))
         events: list[Event] = []
         # Reposted only after the batch: a head reposted at once would be in flight again, and a
         # second used element naming it in the same batch would pass for a fresh message.
@@ -349,6 +384,8 @@ class RpmsgVirtio:
     def _poll_device(self) -> list[Event]:
         rx = self._dev_rx
         assert rx is not None
+        if isinstance(rx, _vring.DeviceRing):
+            return self._take_batch(rx.rx_batch(self.buffer_size))
         events: list[Event] = []
         returned = 0
         self._more = False
@@ -401,6 +438,12 @@ class RpmsgVirtio:
         tx = self._drv_tx
         if tx is None:
             return
+        if isinstance(tx, _vring.DriverRing):
+            freed, errors = tx.reclaim()
+            for kind, message in errors:
+                self._error(kind, message)
+            self._tx_free.extend(freed)
+            return
         for _ in range(tx.num):
             try:
                 item = tx.get_used()
@@ -425,9 +468,13 @@ class RpmsgVirtio:
             self._tx_bump += self.buffer_size
         else:
             return False
-        self._fill(addr, src, dst, payload)
-        tx.add(addr, buflen, False)
-        if tx.needs_kick():
+        if isinstance(tx, _vring.DriverRing):
+            kick = tx.add_message(addr, buflen, src, dst, payload)
+        else:
+            self._fill(addr, src, dst, payload)
+            tx.add(addr, buflen, False)
+            kick = tx.needs_kick()
+        if kick:
             self._kick = True
         return True
 
@@ -468,9 +515,13 @@ class RpmsgVirtio:
         head, addr, length = chosen
         # addr was validated against the pool when the head was taken; writing through the
         # captured value stays in bounds even if the driver rewrites the descriptor meanwhile.
-        self._fill(addr, src, dst, payload)
-        tx.put_used(head, length)
-        if tx.needs_kick():
+        if isinstance(tx, _vring.DeviceRing):
+            kick = tx.put_message(head, addr, length, src, dst, payload)
+        else:
+            self._fill(addr, src, dst, payload)
+            tx.put_used(head, length)
+            kick = tx.needs_kick()
+        if kick:
             self._kick = True
         return True
 

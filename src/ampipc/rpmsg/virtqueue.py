@@ -28,14 +28,23 @@ release store. It reads the peer's word with one acquire load before reading the
 Nothing here kicks: `needs_kick()` says whether the peer asked to be notified, and the caller
 notifies. Every protocol violation raises `RingError` (a `ProtocolError`) naming the descriptor
 head when the buffer can still be returned safely.
+
+Fast path: `ampipc._vring.DriverRing` / `DeviceRing` are these two classes in C, method for
+method, with the same checks and messages (plus the batch calls of `rpmsg_virtio`'s hot loops).
+`make_driver_queue` / `make_device_queue` pick one; this module stays the reference, and the
+tests run both on byte images and compare. ``AMPIPC_RPMSG_PURE=1`` in the environment (or
+``fast=False``) selects the pure-Python path, e.g. to debug or to step through the protocol.
 """
 
 from __future__ import annotations
 
+import os
 from collections import deque
+from typing import Union
 
+from .. import _vring
 from ..errors import ProtocolError, ResourceExhausted
-from ._window import Window
+from ._window import OutOfWindow, Window
 from ._wire import (
     AVAIL_F_NO_INTERRUPT,
     AVAIL_OFF_RING,
@@ -50,7 +59,19 @@ from ._wire import (
     VringGeometry,
 )
 
-__all__ = ["DeviceQueue", "DriverQueue", "RingError"]
+__all__ = [
+    "PURE_PATH_ENV",
+    "AnyDeviceQueue",
+    "AnyDriverQueue",
+    "DeviceQueue",
+    "DriverQueue",
+    "RingError",
+    "fast_path_default",
+    "make_device_queue",
+    "make_driver_queue",
+]
+
+PURE_PATH_ENV = "AMPIPC_RPMSG_PURE"
 
 
 class RingError(ProtocolError):
@@ -261,3 +282,30 @@ class DeviceQueue(_Queue):
     @property
     def held(self) -> int:
         return len(self._held)
+
+
+_vring._set_errors(RingError, ResourceExhausted, OutOfWindow, ProtocolError)
+
+AnyDriverQueue = Union[DriverQueue, _vring.DriverRing]
+AnyDeviceQueue = Union[DeviceQueue, _vring.DeviceRing]
+
+
+def fast_path_default() -> bool:
+    """True unless ``AMPIPC_RPMSG_PURE`` is set to something other than "" or "0"."""
+    return os.environ.get(PURE_PATH_ENV, "") in ("", "0")
+
+
+def make_driver_queue(window: Window, geometry: VringGeometry, name: str, *, fast: bool) -> AnyDriverQueue:
+    """The driver's half in C (``fast``) or in Python; both refuse a bad geometry alike."""
+    if fast:
+        return _vring.DriverRing(window.view, geometry.da, geometry.num, geometry.align, name)
+    return DriverQueue(window, geometry, name)
+
+
+def make_device_queue(
+    window: Window, geometry: VringGeometry, pool: tuple[int, int], name: str, *, fast: bool
+) -> AnyDeviceQueue:
+    """The device's half in C (``fast``) or in Python."""
+    if fast:
+        return _vring.DeviceRing(window.view, geometry.da, geometry.num, geometry.align, pool[0], pool[1], name)
+    return DeviceQueue(window, geometry, pool, name)

@@ -1,0 +1,1077 @@
+/* ampipc._vring: the RPMsg fast path (split virtqueues + the 16-byte rpmsg header) in C.
+ *
+ * Theory of operation
+ * -------------------
+ * This module mirrors, call for call, the sans-I/O Python reference in ampipc/rpmsg/virtqueue.py
+ * (DriverQueue, DeviceQueue) and the hot loops of ampipc/rpmsg/rpmsg_virtio.py (_poll_driver,
+ * _poll_device, _decode, _fill). The Python code stays the readable statement of the protocol;
+ * tests run the same operation sequences through both on two byte images and compare the images
+ * and every result byte for byte. Error messages are the Python ones, character for character.
+ *
+ * Memory: a ring object keeps a reference to the shared area (any writable buffer-protocol object:
+ * the region's memoryview slice, OpenAMP's shm mapping, or a bytearray byte image) and acquires its
+ * buffer on every call, so the area can never be unmapped under a call, and a released view gives a
+ * clean Python error. Every offset is checked against the size the area had when the ring was made:
+ *   - the ring geometry (da, num, align) is validated at construction exactly as
+ *     VringGeometry.problem() does, so ring words and slots are in bounds by construction;
+ *   - every head, index and used id read from shared memory is checked against num;
+ *   - every descriptor's (addr, len) is checked against the buffer pool (device side), and the
+ *     driver never re-reads an address from shared memory (it keeps its own record);
+ *   - every rpmsg header length is bounded by the buffer size and the descriptor length, and every
+ *     header or payload access is checked against the area (OutOfWindow otherwise).
+ * A corrupt or hostile peer therefore raises RingError / ProtocolError or is reported as an error
+ * entry; it never makes this process read or write outside the area.
+ *
+ * Ordering: a side writes descriptors, slots and payloads with plain stores, then publishes its
+ * (flags | idx << 16) word with one sequentially consistent 32-bit store; the peer's word is read
+ * with a sequentially consistent load before the slots it covers are read. Sequential consistency
+ * (not only acquire/release) also orders "publish my index" before "read the peer's NO_NOTIFY /
+ * NO_INTERRUPT flag", the store-load pair virtio's kick suppression needs. These are the same
+ * semantics as _native.Mapping's atomics, so the two paths interoperate, also on aarch64.
+ *
+ * The GIL is kept for ring work (a copy of at most one buffer costs less than giving the GIL away
+ * and taking it back); it is released only by spin_wait_u32, the bounded spin of the doorbell.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <endian.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+
+/* ---- the wire (rpmsg/_wire.py is the commented reference) ------------------------------------ */
+#define DESC_SIZE 16
+#define DESC_F_WRITE 2
+#define DESC_F_INDIRECT 4
+#define AVAIL_OFF_RING 4
+#define AVAIL_F_NO_INTERRUPT 1
+#define USED_OFF_RING 4
+#define USED_ELEM_SIZE 8
+#define USED_F_NO_NOTIFY 1
+#define MAX_VRING_NUM 32768
+#define RPMSG_HDR_SIZE 16
+#define ERRMSG 1024 /* room for any error message below */
+
+static PyObject *ErrRing, *ErrExhausted, *ErrOutOfWindow, *ErrProtocol;
+
+/* ---- byte access (little-endian wire, any host) ----------------------------------------------- */
+static inline uint16_t rd16(const unsigned char *p) { uint16_t v; memcpy(&v, p, 2); return le16toh(v); }
+static inline uint32_t rd32(const unsigned char *p) { uint32_t v; memcpy(&v, p, 4); return le32toh(v); }
+static inline uint64_t rd64(const unsigned char *p) { uint64_t v; memcpy(&v, p, 8); return le64toh(v); }
+static inline void wr16(unsigned char *p, uint16_t v) { v = htole16(v); memcpy(p, &v, 2); }
+static inline void wr32(unsigned char *p, uint32_t v) { v = htole32(v); memcpy(p, &v, 4); }
+static inline void wr64(unsigned char *p, uint64_t v) { v = htole64(v); memcpy(p, &v, 8); }
+
+/* The published words: one 32-bit access, sequentially consistent. An unaligned word can only occur
+ * in a byte image (a bytearray slice); it is accessed bytewise between full fences. */
+static inline uint32_t load_word(const unsigned char *p) {
+    if (((uintptr_t)p & 3) == 0) return le32toh(__atomic_load_n((const uint32_t *)p, __ATOMIC_SEQ_CST));
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    uint32_t v = rd32(p);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    return v;
+}
+static inline void store_word(unsigned char *p, uint32_t v) {
+    if (((uintptr_t)p & 3) == 0) {
+        __atomic_store_n((uint32_t *)p, htole32(v), __ATOMIC_SEQ_CST);
+        return;
+    }
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    wr32(p, v);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield" ::: "memory");
+#endif
+}
+
+static inline int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* ---- the shared area of one call ------------------------------------------------------------ */
+typedef struct {
+    Py_buffer b;
+    unsigned char *p;
+    Py_ssize_t size; /* the size the ring was made for (never more than the buffer now holds) */
+} area_t;
+
+static int area_open(PyObject *obj, Py_ssize_t size, area_t *a) {
+    if (PyObject_GetBuffer(obj, &a->b, PyBUF_WRITABLE) < 0) return -1;
+    if (a->b.len < size) {
+        PyBuffer_Release(&a->b);
+        PyErr_Format(ErrOutOfWindow, "the shared area shrank from %zd to %zd bytes", size, a->b.len);
+        return -1;
+    }
+    a->p = (unsigned char *)a->b.buf;
+    a->size = size;
+    return 0;
+}
+
+static inline void area_close(area_t *a) { PyBuffer_Release(&a->b); }
+
+/* Window._check: 0 <= offset and offset + length <= size, else OutOfWindow with its message. */
+static int area_check(const area_t *a, uint64_t offset, uint64_t length) {
+    if (offset <= (uint64_t)a->size && length <= (uint64_t)a->size - offset) return 0;
+    char msg[ERRMSG];
+    snprintf(msg, sizeof msg, "access of %llu bytes at 0x%llx is outside the shared area of 0x%llx bytes",
+             (unsigned long long)length, (unsigned long long)offset, (unsigned long long)a->size);
+    PyErr_SetString(ErrOutOfWindow, msg);
+    return -1;
+}
+
+/* ---- what both halves share --------------------------------------------------------------- */
+typedef struct {
+    PyObject_HEAD
+    PyObject *area_obj;
+    Py_ssize_t area_size;
+    PyObject *name; /* str */
+    uint32_t num, mask;
+    Py_ssize_t da, ring_size, desc, avail_word, avail_ring, used_word, used_ring;
+} QueueBase;
+
+/* A ring error found by an internal step: message and the head to return (-1: none). */
+typedef struct {
+    char msg[ERRMSG];
+    long head;
+} ring_err_t;
+
+static const char *qname(QueueBase *q) {
+    const char *s = PyUnicode_AsUTF8(q->name);
+    if (s == NULL) {
+        PyErr_Clear();
+        return "vring";
+    }
+    return s;
+}
+
+static PyObject *raise_ring_error(const ring_err_t *e) {
+    PyObject *msg = PyUnicode_FromString(e->msg);
+    if (msg == NULL) return NULL;
+    PyObject *args = PyTuple_Pack(1, msg);
+    Py_DECREF(msg);
+    if (args == NULL) return NULL;
+    PyObject *kw = NULL;
+    if (e->head >= 0) {
+        kw = Py_BuildValue("{s:l}", "head", e->head);
+        if (kw == NULL) {
+            Py_DECREF(args);
+            return NULL;
+        }
+    }
+    PyObject *exc = PyObject_Call(ErrRing, args, kw);
+    Py_DECREF(args);
+    Py_XDECREF(kw);
+    if (exc == NULL) return NULL;
+    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+    Py_DECREF(exc);
+    return NULL;
+}
+
+static inline Py_ssize_t align_up(Py_ssize_t v, Py_ssize_t a) { return (v + a - 1) & ~(a - 1); }
+static inline int is_pow2(long long v) { return v > 0 && (v & (v - 1)) == 0; }
+
+/* VringGeometry.problem(), with its messages; fills the offsets on success. */
+static int queue_base_init(QueueBase *q, PyObject *area_obj, long long da, long long num, long long align, PyObject *name) {
+    Py_buffer b;
+    if (PyObject_GetBuffer(area_obj, &b, PyBUF_WRITABLE) < 0) return -1;
+    Py_ssize_t size = b.len;
+    PyBuffer_Release(&b);
+    const char *n = PyUnicode_AsUTF8(name);
+    if (n == NULL) return -1;
+    char msg[ERRMSG];
+    if (!is_pow2(num) || num > MAX_VRING_NUM) {
+        PyErr_Format(ErrProtocol, "%s: vring num %lld is not a power of two <= %d", n, num, MAX_VRING_NUM);
+        return -1;
+    }
+    if (!is_pow2(align) || align < 4 || align > (1LL << 30)) {
+        snprintf(msg, sizeof msg, "%s: vring align 0x%llx is not a power of two >= 4", n, align);
+        PyErr_SetString(ErrProtocol, msg);
+        return -1;
+    }
+    if (da % 4) {
+        snprintf(msg, sizeof msg, "%s: vring da 0x%llx is not 4-byte aligned", n, da);
+        PyErr_SetString(ErrProtocol, msg);
+        return -1;
+    }
+    long long avail = da + DESC_SIZE * num;
+    long long used = align_up((Py_ssize_t)(avail + AVAIL_OFF_RING + 2 * num + 2), (Py_ssize_t)align);
+    long long ring_size = used + USED_OFF_RING + USED_ELEM_SIZE * num + 2 - da;
+    if (da < 0 || da > (long long)size || ring_size > (long long)size - da) {
+        snprintf(msg, sizeof msg, "%s: vring at 0x%llx (+0x%llx) is outside the shared area of 0x%llx bytes", n, da,
+                 ring_size, (long long)size);
+        PyErr_SetString(ErrProtocol, msg);
+        return -1;
+    }
+    Py_INCREF(area_obj);
+    Py_XSETREF(q->area_obj, area_obj);
+    Py_INCREF(name);
+    Py_XSETREF(q->name, name);
+    q->area_size = size;
+    q->num = (uint32_t)num;
+    q->mask = (uint32_t)num - 1;
+    q->da = (Py_ssize_t)da;
+    q->ring_size = (Py_ssize_t)ring_size;
+    q->desc = (Py_ssize_t)da;
+    q->avail_word = (Py_ssize_t)avail;
+    q->avail_ring = (Py_ssize_t)avail + AVAIL_OFF_RING;
+    q->used_word = (Py_ssize_t)used;
+    q->used_ring = (Py_ssize_t)used + USED_OFF_RING;
+    return 0;
+}
+
+static int queue_open(QueueBase *q, area_t *a) {
+    if (q->area_obj == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "the ring is not initialised");
+        return -1;
+    }
+    return area_open(q->area_obj, q->area_size, a);
+}
+
+/* _fill: the header (src, dst, reserved 0, len, flags 0), then the payload, each bounds-checked. */
+static int fill_message(area_t *a, uint64_t addr, uint32_t src, uint32_t dst, const Py_buffer *payload) {
+    if (area_check(a, addr, RPMSG_HDR_SIZE) < 0) return -1;
+    unsigned char *h = a->p + addr;
+    wr32(h, src);
+    wr32(h + 4, dst);
+    wr32(h + 8, 0);
+    wr16(h + 12, (uint16_t)payload->len);
+    wr16(h + 14, 0);
+    if (area_check(a, addr + RPMSG_HDR_SIZE, (uint64_t)payload->len) < 0) return -1;
+    memcpy(a->p + addr + RPMSG_HDR_SIZE, payload->buf, (size_t)payload->len);
+    return 0;
+}
+
+/* Error entries of a batch: (kind, message) tuples, in the order the Python loop meets them. */
+static int push_error(PyObject *errors, const char *kind, const char *msg) {
+    PyObject *t = Py_BuildValue("(ss)", kind, msg);
+    if (t == NULL) return -1;
+    int r = PyList_Append(errors, t);
+    Py_DECREF(t);
+    return r;
+}
+
+/* RpmsgVirtio._decode up to the name-service split: returns 0 (event or error entry appended), -1. */
+static int decode_message(area_t *a, uint64_t addr, uint64_t capacity, uint64_t buffer_size, PyObject *events,
+                          PyObject *errors) {
+    char msg[ERRMSG];
+    if (capacity > buffer_size) capacity = buffer_size;
+    if (capacity < RPMSG_HDR_SIZE) {
+        snprintf(msg, sizeof msg, "buffer at 0x%llx of %llu bytes cannot hold a header", (unsigned long long)addr,
+                 (unsigned long long)capacity);
+        return push_error(errors, "short-buffer", msg);
+    }
+    if (area_check(a, addr, RPMSG_HDR_SIZE) < 0) return -1;
+    const unsigned char *h = a->p + addr;
+    uint32_t src = rd32(h), dst = rd32(h + 4);
+    uint16_t length = rd16(h + 12);
+    if (length > capacity - RPMSG_HDR_SIZE) {
+        snprintf(msg, sizeof msg, "header len %u exceeds the buffer at 0x%llx (%llu max)", (unsigned)length,
+                 (unsigned long long)addr, (unsigned long long)(capacity - RPMSG_HDR_SIZE));
+        return push_error(errors, "header-length", msg);
+    }
+    if (area_check(a, addr + RPMSG_HDR_SIZE, length) < 0) return -1;
+    PyObject *t = Py_BuildValue("(IIy#)", src, dst, (const char *)(a->p + addr + RPMSG_HDR_SIZE), (Py_ssize_t)length);
+    if (t == NULL) return -1;
+    int r = PyList_Append(events, t);
+    Py_DECREF(t);
+    return r;
+}
+
+static int parse_u32(PyObject *o, uint32_t *out, const char *what) {
+    unsigned long long v = PyLong_AsUnsignedLongLong(o);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    if (v > 0xFFFFFFFFULL) {
+        PyErr_Format(PyExc_OverflowError, "%s %llu does not fit in 32 bits", what, v);
+        return -1;
+    }
+    *out = (uint32_t)v;
+    return 0;
+}
+
+/* ==== DriverRing (DriverQueue) ================================================================= */
+typedef struct {
+    QueueBase q;
+    uint16_t *free_q; /* circular queue of free heads: popped at the front, appended at the back */
+    uint32_t free_front, free_count;
+    uint64_t *rec_addr; /* in-flight record: what this side handed out, never re-read */
+    uint32_t *rec_len;
+    uint8_t *rec_on;
+    uint32_t in_flight;
+    uint16_t avail_idx, avail_flags, last_used;
+} DriverRing;
+
+static void driver_dealloc(DriverRing *self) {
+    PyMem_Free(self->free_q);
+    PyMem_Free(self->rec_addr);
+    PyMem_Free(self->rec_len);
+    PyMem_Free(self->rec_on);
+    Py_XDECREF(self->q.area_obj);
+    Py_XDECREF(self->q.name);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static void driver_clear_state(DriverRing *d) {
+    for (uint32_t i = 0; i < d->q.num; i++) d->free_q[i] = (uint16_t)i;
+    d->free_front = 0;
+    d->free_count = d->q.num;
+    memset(d->rec_on, 0, d->q.num);
+    d->in_flight = 0;
+    d->avail_idx = d->avail_flags = d->last_used = 0;
+}
+
+static int driver_init(DriverRing *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"area", "da", "num", "align", "name", NULL};
+    PyObject *area, *name = NULL;
+    long long da, num, align;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OLLL|U", kwlist, &area, &da, &num, &align, &name)) return -1;
+    PyObject *default_name = NULL;
+    if (name == NULL) name = default_name = PyUnicode_FromString("vring");
+    if (name == NULL) return -1;
+    int r = queue_base_init(&self->q, area, da, num, align, name);
+    Py_XDECREF(default_name);
+    if (r < 0) return -1;
+    PyMem_Free(self->free_q);
+    PyMem_Free(self->rec_addr);
+    PyMem_Free(self->rec_len);
+    PyMem_Free(self->rec_on);
+    uint32_t n = self->q.num;
+    self->free_q = PyMem_Calloc(n, sizeof(uint16_t));
+    self->rec_addr = PyMem_Calloc(n, sizeof(uint64_t));
+    self->rec_len = PyMem_Calloc(n, sizeof(uint32_t));
+    self->rec_on = PyMem_Calloc(n, 1);
+    if (!self->free_q || !self->rec_addr || !self->rec_len || !self->rec_on) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    driver_clear_state(self);
+    return 0;
+}
+
+static inline void driver_publish(DriverRing *d, area_t *a) {
+    store_word(a->p + d->q.avail_word, (uint32_t)d->avail_flags | (uint32_t)d->avail_idx << 16);
+}
+
+static PyObject *driver_reset(DriverRing *self, PyObject *unused) {
+    area_t a;
+    if (queue_open(&self->q, &a) < 0) return NULL;
+    memset(a.p + self->q.da, 0, (size_t)self->q.ring_size);
+    for (uint32_t i = 0; i + 1 < self->q.num; i++) wr16(a.p + self->q.desc + (Py_ssize_t)i * DESC_SIZE + 14, (uint16_t)(i + 1));
+    area_close(&a);
+    driver_clear_state(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *driver_set_no_interrupt(DriverRing *self, PyObject *arg) {
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) return NULL;
+    area_t a;
+    if (queue_open(&self->q, &a) < 0) return NULL;
+    self->avail_flags = on ? AVAIL_F_NO_INTERRUPT : 0;
+    driver_publish(self, &a);
+    area_close(&a);
+    Py_RETURN_NONE;
+}
+
+static PyObject *driver_publish_py(DriverRing *self, PyObject *unused) {
+    area_t a;
+    if (queue_open(&self->q, &a) < 0) return NULL;
+    driver_publish(self, &a);
+    area_close(&a);
+    Py_RETURN_NONE;
+}
+
+/* DriverQueue.add: returns the head, or -1 with an exception set. */
+static long driver_add(DriverRing *d, area_t *a, uint64_t addr, uint32_t length, int writable, int publish) {
+    if (d->free_count == 0) {
+        PyErr_Format(ErrExhausted, "%s: no free descriptor", qname(&d->q));
+        return -1;
+    }
+    uint16_t head = d->free_q[d->free_front];
+    d->free_front = (d->free_front + 1) & d->q.mask;
+    d->free_count--;
+    /* ``next`` keeps the chain written at reset, as in the reference */
+    unsigned char *desc = a->p + d->q.desc + (Py_ssize_t)head * DESC_SIZE;
+    wr64(desc, addr);
+    wr32(desc + 8, length);
+    wr16(desc + 12, writable ? DESC_F_WRITE : 0);
+    wr16(a->p + d->q.avail_ring + 2 * (Py_ssize_t)(d->avail_idx & d->q.mask), head);
+    d->avail_idx = (uint16_t)(d->avail_idx + 1);
+    d->rec_addr[head] = addr;
+    d->rec_len[head] = length;
+    d->rec_on[head] = 1;
+    d->in_flight++;
+    if (publish) driver_publish(d, a);
+    return head;
+}
+
+static PyObject *driver_add_py(DriverRing *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"addr", "length", "writable", "publish", NULL};
+    unsigned long long addr;
+    PyObject *length_obj;
+    int writable, publish = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "KOp|$p", kwlist, &addr, &length_obj, &writable, &publish)) return NULL;
+    uint32_t length;
+    if (parse_u32(length_obj, &length, "length") < 0) return NULL;
+    area_t a;
+    if (queue_open(&self->q, &a) < 0) return NULL;
+    long head = driver_add(self, &a, addr, length, writable, publish);
+    area_close(&a);
+    if (head < 0) return NULL;
+    return PyLong_FromLong(head);
+}
+
+static inline int driver_needs_kick(DriverRing *d, area_t *a) {
+    return !(load_word(a->p + d->q.used_word) & USED_F_NO_NOTIFY);
+}
+
+static PyObject *driver_needs_kick_py(DriverRing *self, PyObject *unused) {
+    area_t a;
+    if (queue_open(&self->q, &a) < 0) return NULL;
+    int k = driver_needs_kick(self, &a);
+    area_close(&a);
+    return PyBool_FromLong(k);
+}
+
+static inline int driver_has_used(DriverRing *d, area_t *a) {
+    return (load_word(a->p + d->q.used_word) >> 16) != d->last_used;
+}
+
+static PyObject *driver_has_used_py(DriverRing *self, PyObject *unused) {
+    area_t a;
+    if (queue_open(&self->q, &a) < 0) return NULL;
+    int k = driver_has_used(self, &a);
+    area_close(&a);
+    return PyBool_FromLong(k);
+}
+
+/* DriverQueue.get_used: 0 none, 1 item, 2 ring error (in *e; the element is consumed). */
+static int driver_get_used(DriverRing *d, area_t *a, uint32_t *head_out, uint64_t *addr_out, uint32_t *len_out,
+                           uint32_t *used_len_out, ring_err_t *e) {
+    uint16_t used_idx = (uint16_t)(load_word(a->p + d->q.used_word) >> 16);
+    uint16_t pending = (uint16_t)(used_idx - d->last_used);
+    if (pending == 0) return 0;
+    e->head = -1;
+    if (pending > d->q.num) {
+        uint16_t old = d->last_used;
+        d->last_used = used_idx;
+        snprintf(e->msg, ERRMSG, "%s: used.idx jumped from %u to %u (more than num=%u ahead)", qname(&d->q), old,
+                 used_idx, d->q.num);
+        return 2;
+    }
+    uint32_t slot = d->last_used & d->q.mask;
+    d->last_used = (uint16_t)(d->last_used + 1);
+    const unsigned char *elem = a->p + d->q.used_ring + (Py_ssize_t)slot * USED_ELEM_SIZE;
+    uint32_t head = rd32(elem), used_len = rd32(elem + 4);
+    if (head >= d->q.num) {
+        snprintf(e->msg, ERRMSG, "%s: used id %u is out of range (num=%u)", qname(&d->q), head, d->q.num);
+        return 2;
+    }
+    if (!d->rec_on[head]) {
+        snprintf(e->msg, ERRMSG, "%s: used id %u names a descriptor the device does not hold", qname(&d->q), head);
+        return 2;
+    }
+    d->rec_on[head] = 0;
+    d->in_flight--;
+    d->free_q[(d->free_front + d->free_count) & d->q.mask] = (uint16_t)head;
+    d->free_count++;
+    *head_out = head;
+    *addr_out = d->rec_addr[head];
+    *len_out = d->rec_len[head];
+    *used_len_out = used_len;
+    return 1;
+}
+
+static PyObject *driver_get_used_py(DriverRing *self, PyObject *unused) {
+    area_t a;
+    if (queue_open(&self->q, &a) < 0) return NULL;
+    uint32_t head, len, used_len;
+    uint64_t addr;
+    ring_err_t e;
+    int r = driver_get_used(self, &a, &head, &addr, &len, &used_len, &e);
+    area_close(&a);
+    if (r == 0) Py_RETURN_NONE;
+    if (r == 2) return raise_ring_error(&e);
+    return Py_BuildValue("(IKII)", head, (unsigned long long)addr, len, used_len);
+}
+
+/* RpmsgVirtio._poll_driver without the name-service split:
+ * rx_batch(buffer_size) -> ([(src, dst, payload)], [(kind, message)], more, kick). */
+static PyObject *driver_rx_batch(DriverRing *self, PyObject *arg) {
+    unsigned long long buffer_size = PyLong_AsUnsignedLongLong(arg);
+    if (buffer_size == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    PyObject *events = PyList_New(0), *errors = PyList_New(0);
+    uint64_t *repost_addr = PyMem_Malloc(self->q.num * sizeof(uint64_t));
+    uint32_t *repost_len = PyMem_Malloc(self->q.num * sizeof(uint32_t));
+    area_t a;
+    int opened = 0, more = 0, kick = 0;
+    uint32_t nrepost = 0;
+    char msg[ERRMSG];
+    if (events == NULL || errors == NULL) goto fail;
+    if (repost_addr == NULL || repost_len == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    if (queue_open(&self->q, &a) < 0) goto fail;
+    opened = 1;
+    /* Reposted only after the batch: a head reposted at once would be in flight again, and a second
+     * used element naming it in the same batch would pass for a fresh message. */
+    uint32_t i;
+    for (i = 0; i < self->q.num; i++) {
+        uint32_t head, buflen, used_len;
+        uint64_t addr;
+        ring_err_t e;
+        int r = driver_get_used(self, &a, &head, &addr, &buflen, &used_len, &e);
+        if (r == 2) {
+            if (push_error(errors, "used-ring", e.msg) < 0) goto fail;
+            continue;
+        }
+        if (r == 0) break;
+        if (used_len > buflen) {
+            snprintf(msg, sizeof msg, "used len %u exceeds the buffer length %u", used_len, buflen);
+            if (push_error(errors, "used-length", msg) < 0) goto fail;
+        } else if (used_len >= RPMSG_HDR_SIZE) {
+            if (decode_message(&a, addr, used_len, buffer_size, events, errors) < 0) goto fail;
+        }
+        repost_addr[nrepost] = addr;
+        repost_len[nrepost] = buflen;
+        nrepost++;
+    }
+    if (i == self->q.num) more = driver_has_used(self, &a);
+    for (uint32_t k = 0; k < nrepost; k++)
+        if (driver_add(self, &a, repost_addr[k], repost_len[k], 1, 0) < 0) goto fail;
+    if (nrepost) {
+        driver_publish(self, &a);
+        if (driver_needs_kick(self, &a)) kick = 1;
+    }
+    area_close(&a);
+    PyMem_Free(repost_addr);
+    PyMem_Free(repost_len);
+    return Py_BuildValue("(NNNN)", events, errors, PyBool_FromLong(more), PyBool_FromLong(kick));
+fail:
+    if (opened) area_close(&a);
+    PyMem_Free(repost_addr);
+    PyMem_Free(repost_len);
+    Py_XDECREF(events);
+    Py_XDECREF(errors);
+    return NULL;
+}
+
+/* RpmsgVirtio.reclaim's loop: reclaim() -> ([(addr, buffer length)], [(kind, message)]). */
+static PyObject *driver_reclaim(DriverRing *self, PyObject *unused) {
+    PyObject *freed = PyList_New(0), *errors = PyList_New(0);
+    area_t a;
+    int opened = 0;
+    if (freed == NULL || errors == NULL) goto fail;
+    if (queue_open(&self->q, &a) < 0) goto fail;
+    opened = 1;
+    for (uint32_t i = 0; i < self->q.num; i++) {
+        uint32_t head, buflen, used_len;
+        uint64_t addr;
+        ring_err_t e;
+        int r = driver_get_used(self, &a, &head, &addr, &buflen, &used_len, &e);
+        if (r == 2) {
+            if (push_error(errors, "used-ring", e.msg) < 0) goto fail;
+            continue;
+        }
+        if (r == 0) break;
+        PyObject *t = Py_BuildValue("(KI)", (unsigned long long)addr, buflen);
+        if (t == NULL) goto fail;
+        int ar = PyList_Append(freed, t);
+        Py_DECREF(t);
+        if (ar < 0) goto fail;
+    }
+    area_close(&a);
+    return Py_BuildValue("(NN)", freed, errors);
+fail:
+    if (opened) area_close(&a);
+    Py_XDECREF(freed);
+    Py_XDECREF(errors);
+    return NULL;
+}
+
+/* _fill + add(addr, buflen, writable=False) + needs_kick: add_message(addr, buflen, src, dst, payload) -> kick. */
+static PyObject *driver_add_message(DriverRing *self, PyObject *args) {
+    unsigned long long addr;
+    PyObject *buflen_obj, *src_obj, *dst_obj;
+    Py_buffer payload;
+    if (!PyArg_ParseTuple(args, "KOOOy*", &addr, &buflen_obj, &src_obj, &dst_obj, &payload)) return NULL;
+    uint32_t buflen, src, dst;
+    PyObject *result = NULL;
+    area_t a;
+    if (parse_u32(buflen_obj, &buflen, "length") < 0 || parse_u32(src_obj, &src, "src") < 0 ||
+        parse_u32(dst_obj, &dst, "dst") < 0)
+        goto out;
+    if (payload.len > 0xFFFF) {
+        PyErr_Format(PyExc_ValueError, "a %zd-byte payload does not fit a 16-bit header length", payload.len);
+        goto out;
+    }
+    if (queue_open(&self->q, &a) < 0) goto out;
+    if (fill_message(&a, addr, src, dst, &payload) == 0 && driver_add(self, &a, addr, buflen, 0, 1) >= 0)
+        result = PyBool_FromLong(driver_needs_kick(self, &a));
+    area_close(&a);
+out:
+    PyBuffer_Release(&payload);
+    return result;
+}
+
+static PyObject *driver_get_free_count(DriverRing *self, void *c) { return PyLong_FromUnsignedLong(self->free_count); }
+static PyObject *driver_get_in_flight(DriverRing *self, void *c) { return PyLong_FromUnsignedLong(self->in_flight); }
+static PyObject *queue_get_num(QueueBase *self, void *c) { return PyLong_FromUnsignedLong(self->num); }
+static PyObject *queue_get_name(QueueBase *self, void *c) {
+    if (self->name == NULL) Py_RETURN_NONE;
+    Py_INCREF(self->name);
+    return self->name;
+}
+
+static PyMethodDef driver_methods[] = {
+    {"reset", (PyCFunction)driver_reset, METH_NOARGS, "Zero the ring area and chain the descriptors."},
+    {"set_no_interrupt", (PyCFunction)driver_set_no_interrupt, METH_O, "Set or clear VRING_AVAIL_F_NO_INTERRUPT."},
+    {"publish", (PyCFunction)driver_publish_py, METH_NOARGS, "Release-store the avail (flags, idx) word."},
+    {"add", (PyCFunction)(void (*)(void))driver_add_py, METH_VARARGS | METH_KEYWORDS, "Make one buffer available."},
+    {"needs_kick", (PyCFunction)driver_needs_kick_py, METH_NOARGS, "Did the device not set NO_NOTIFY?"},
+    {"has_used", (PyCFunction)driver_has_used_py, METH_NOARGS, "Is a used element pending?"},
+    {"get_used", (PyCFunction)driver_get_used_py, METH_NOARGS, "(head, addr, buffer length, used length) or None."},
+    {"rx_batch", (PyCFunction)driver_rx_batch, METH_O, "One receive poll of the driver."},
+    {"reclaim", (PyCFunction)driver_reclaim, METH_NOARGS, "Take back every returned transmit buffer."},
+    {"add_message", (PyCFunction)driver_add_message, METH_VARARGS, "Write header and payload, make it available."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef driver_getset[] = {
+    {"free_count", (getter)driver_get_free_count, NULL, "Descriptors this side may hand out.", NULL},
+    {"in_flight", (getter)driver_get_in_flight, NULL, "Descriptors the device holds.", NULL},
+    {"num", (getter)queue_get_num, NULL, "Ring size.", NULL},
+    {"name", (getter)queue_get_name, NULL, "Name used in error messages.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject DriverRingType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ampipc._vring.DriverRing",
+    .tp_basicsize = sizeof(DriverRing),
+    .tp_dealloc = (destructor)driver_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The driver's half of a split virtqueue (mirrors rpmsg.virtqueue.DriverQueue).",
+    .tp_methods = driver_methods,
+    .tp_getset = driver_getset,
+    .tp_init = (initproc)driver_init,
+    .tp_new = PyType_GenericNew,
+};
+
+/* ==== DeviceRing (DeviceQueue) ================================================================= */
+#define HELD 1
+#define UNPUBLISHED 2
+
+typedef struct {
+    QueueBase q;
+    uint64_t pool_start, pool_end;
+    uint8_t *state; /* per head: HELD, UNPUBLISHED (returned, not yet published) */
+    uint16_t *unpub;
+    uint32_t unpub_count, held_count;
+    uint16_t last_avail, used_idx, used_flags;
+} DeviceRing;
+
+static void device_dealloc(DeviceRing *self) {
+    PyMem_Free(self->state);
+    PyMem_Free(self->unpub);
+    Py_XDECREF(self->q.area_obj);
+    Py_XDECREF(self->q.name);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static void device_clear_state(DeviceRing *d) {
+    memset(d->state, 0, d->q.num);
+    d->unpub_count = d->held_count = 0;
+    d->last_avail = d->used_idx = d->used_flags = 0;
+}
+
+static int device_init(DeviceRing *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"area", "da", "num", "align", "pool_start", "pool_end", "name", NULL};
+    PyObject *area, *name = NULL;
+    long long da, num, align, lo, hi;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OLLLLL|U", kwlist, &area, &da, &num, &align, &lo, &hi, &name))
+        return -1;
+    PyObject *default_name = NULL;
+    if (name == NULL) name = default_name = PyUnicode_FromString("vring");
+    if (name == NULL) return -1;
+    int r = queue_base_init(&self->q, area, da, num, align, name);
+    Py_XDECREF(default_name);
+    if (r < 0) return -1;
+    /* as the reference: max(0, lo), min(size, hi) */
+    self->pool_start = lo < 0 ? 0 : (uint64_t)lo;
+    self->pool_end = hi > (long long)self->q.area_size ? (uint64_t)self->q.area_size : (hi < 0 ? 0 : (uint64_t)hi);
+    if (hi < 0) self->pool_end = 0; /* an empty pool: nothing passes the check below */
+    PyMem_Free(self->state);
+    PyMem_Free(self->unpub);
+    self->state = PyMem_Calloc(self->q.num, 1);
+    self->unpub = PyMem_Calloc(self->q.num, sizeof(uint16_t));
+    if (!self->state || !self->unpub) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    device_clear_state(self);
+    return 0;
+}
+
+static inline void device_publish(DeviceRing *d, area_t *a) {
+    store_word(a->p + d->q.used_word, (uint32_t)d->used_flags | (uint32_t)d->used_idx << 16);
+    for (uint32_t i = 0; i < d->unpub_count; i++) d->state[d->unpub[i]] &= (uint8_t)~UNPUBLISHED;
+    d->unpub_count = 0;
+}
+
+static PyObject *device_attach(DeviceRing *self, PyObject *unused) {
+    device_clear_state(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *device_set_no_notify(DeviceRing *self, PyObject *arg) {
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) return NULL;
+    area_t a;
+    if (queue_open(&self->q, &a) < 0) return NULL;
+    self->used_flags = on ? USED_F_NO_NOTIFY : 0;
+    device_publish(self, &a);
+    area_close(&a);
+    Py_RETURN_NONE;
+}
+
+static PyObject *device_publish_py(DeviceRing *self, PyObject *unused) {
+    area_t a;
+    if (queue_open(&self->q, &a) < 0) return NULL;
+    device_publish(self, &a);
+    area_close(&a);
+    Py_RETURN_NONE;
+}
+
+static inline int device_needs_kick(DeviceRing *d, area_t *a) {
+    return !(load_word(a->p + d->q.avail_word) & AVAIL_F_NO_INTERRUPT);
+}
+
+static PyObject *device_needs_kick_py(DeviceRing *self, PyObject *unused) {
+    area_t a;
+    if (queue_open(&self->q, &a) < 0) return NULL;
+    int k = device_needs_kick(self, &a);
+    area_close(&a);
+    return PyBool_FromLong(k);
+}
+
+static inline int device_has_available(DeviceRing *d, area_t *a) {
+    return (load_word(a->p + d->q.avail_word) >> 16) != d->last_avail;
+}
+
+static PyObject *device_has_available_py(DeviceRing *self, PyObject *unused) {
+    area_t a;
+    if (queue_open(&self->q, &a) < 0) return NULL;
+    int k = device_has_available(self, &a);
+    area_close(&a);
+    return PyBool_FromLong(k);
+}
+
+/* DeviceQueue.get_available: 0 none, 1 item, 2 ring error (in *e, with the head when valid). */
+static int device_get_available(DeviceRing *d, area_t *a, uint32_t *head_out, uint64_t *addr_out, uint32_t *len_out,
+                                uint16_t *flags_out, ring_err_t *e) {
+    uint16_t avail_idx = (uint16_t)(load_word(a->p + d->q.avail_word) >> 16);
+    uint16_t pending = (uint16_t)(avail_idx - d->last_avail);
+    if (pending == 0) return 0;
+    e->head = -1;
+    if (pending > d->q.num) {
+        uint16_t old = d->last_avail;
+        d->last_avail = avail_idx;
+        snprintf(e->msg, ERRMSG, "%s: avail.idx jumped from %u to %u (more than num=%u ahead)", qname(&d->q), old,
+                 avail_idx, d->q.num);
+        return 2;
+    }
+    uint32_t slot = d->last_avail & d->q.mask;
+    d->last_avail = (uint16_t)(d->last_avail + 1);
+    uint16_t head = rd16(a->p + d->q.avail_ring + 2 * (Py_ssize_t)slot);
+    if (head >= d->q.num) {
+        snprintf(e->msg, ERRMSG, "%s: avail head %u is out of range (num=%u)", qname(&d->q), head, d->q.num);
+        return 2;
+    }
+    if (d->state[head]) {
+        snprintf(e->msg, ERRMSG, "%s: avail head %u is already held by the device", qname(&d->q), head);
+        return 2;
+    }
+    const unsigned char *desc = a->p + d->q.desc + (Py_ssize_t)head * DESC_SIZE;
+    uint64_t addr = rd64(desc);
+    uint32_t length = rd32(desc + 8);
+    uint16_t flags = rd16(desc + 12);
+    d->state[head] |= HELD;
+    d->held_count++;
+    if (flags & DESC_F_INDIRECT) {
+        e->head = head;
+        snprintf(e->msg, ERRMSG, "%s: descriptor %u is indirect (not negotiated)", qname(&d->q), head);
+        return 2;
+    }
+    if (!(d->pool_start <= addr && addr <= d->pool_end && length <= d->pool_end - addr)) {
+        e->head = head;
+        snprintf(e->msg, ERRMSG,
+                 "%s: descriptor %u {addr=0x%llx, len=%u} is outside the buffer pool [0x%llx, 0x%llx)", qname(&d->q),
+                 head, (unsigned long long)addr, length, (unsigned long long)d->pool_start,
+                 (unsigned long long)d->pool_end);
+        return 2;
+    }
+    *head_out = head;
+    *addr_out = addr;
+    *len_out = length;
+    *flags_out = flags;
+    return 1;
+}
+
+static PyObject *device_get_available_py(DeviceRing *self, PyObject *unused) {
+    area_t a;
+    if (queue_open(&self->q, &a) < 0) return NULL;
+    uint32_t head, len;
+    uint64_t addr;
+    uint16_t flags;
+    ring_err_t e;
+    int r = device_get_available(self, &a, &head, &addr, &len, &flags, &e);
+    area_close(&a);
+    if (r == 0) Py_RETURN_NONE;
+    if (r == 2) return raise_ring_error(&e);
+    return Py_BuildValue("(IKIH)", head, (unsigned long long)addr, len, flags);
+}
+
+/* DeviceQueue.put_used on a head known to be held. */
+static void device_put_used(DeviceRing *d, area_t *a, uint32_t head, uint32_t length, int publish) {
+    d->state[head] &= (uint8_t)~HELD;
+    d->held_count--;
+    unsigned char *elem = a->p + d->q.used_ring + (Py_ssize_t)(d->used_idx & d->q.mask) * USED_ELEM_SIZE;
+    wr32(elem, head);
+    wr32(elem + 4, length);
+    d->used_idx = (uint16_t)(d->used_idx + 1);
+    if (publish) {
+        device_publish(d, a);
+    } else {
+        d->state[head] |= UNPUBLISHED;
+        d->unpub[d->unpub_count++] = (uint16_t)head;
+    }
+}
+
+static int device_check_held(DeviceRing *d, PyObject *head_obj, uint32_t *head) {
+    long long h = PyLong_AsLongLong(head_obj);
+    if (h == -1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) return -1;
+        PyErr_Clear();
+    } else if (h >= 0 && h < (long long)d->q.num && (d->state[h] & HELD)) {
+        *head = (uint32_t)h;
+        return 0;
+    }
+    PyObject *r = PyObject_Repr(head_obj);
+    if (r == NULL) return -1;
+    PyErr_Format(PyExc_ValueError, "%s: descriptor %U is not held by the device", qname(&d->q), r);
+    Py_DECREF(r);
+    return -1;
+}
+
+static PyObject *device_put_used_py(DeviceRing *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"head", "length", "publish", NULL};
+    PyObject *head_obj, *length_obj;
+    int publish = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|$p", kwlist, &head_obj, &length_obj, &publish)) return NULL;
+    uint32_t head, length;
+    if (device_check_held(self, head_obj, &head) < 0) return NULL;
+    if (parse_u32(length_obj, &length, "length") < 0) return NULL;
+    area_t a;
+    if (queue_open(&self->q, &a) < 0) return NULL;
+    device_put_used(self, &a, head, length, publish);
+    area_close(&a);
+    Py_RETURN_NONE;
+}
+
+/* RpmsgVirtio._poll_device without the name-service split (same result shape as the driver's). */
+static PyObject *device_rx_batch(DeviceRing *self, PyObject *arg) {
+    unsigned long long buffer_size = PyLong_AsUnsignedLongLong(arg);
+    if (buffer_size == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    PyObject *events = PyList_New(0), *errors = PyList_New(0);
+    area_t a;
+    int opened = 0, more = 0, kick = 0;
+    uint32_t returned = 0;
+    if (events == NULL || errors == NULL) goto fail;
+    if (queue_open(&self->q, &a) < 0) goto fail;
+    opened = 1;
+    uint32_t i;
+    for (i = 0; i < self->q.num; i++) {
+        uint32_t head, length;
+        uint64_t addr;
+        uint16_t flags;
+        ring_err_t e;
+        int r = device_get_available(self, &a, &head, &addr, &length, &flags, &e);
+        if (r == 2) {
+            if (push_error(errors, "avail-ring", e.msg) < 0) goto fail;
+            if (e.head >= 0) {
+                device_put_used(self, &a, (uint32_t)e.head, 0, 0);
+                returned++;
+            }
+            continue;
+        }
+        if (r == 0) break;
+        if (decode_message(&a, addr, length, buffer_size, events, errors) < 0) goto fail;
+        device_put_used(self, &a, head, length, 0);
+        returned++;
+    }
+    if (i == self->q.num) more = device_has_available(self, &a);
+    if (returned) {
+        device_publish(self, &a);
+        if (device_needs_kick(self, &a)) kick = 1;
+    }
+    area_close(&a);
+    return Py_BuildValue("(NNNN)", events, errors, PyBool_FromLong(more), PyBool_FromLong(kick));
+fail:
+    if (opened) area_close(&a);
+    Py_XDECREF(events);
+    Py_XDECREF(errors);
+    return NULL;
+}
+
+/* _fill + put_used(head, length) + needs_kick: put_message(head, addr, length, src, dst, payload) -> kick. */
+static PyObject *device_put_message(DeviceRing *self, PyObject *args) {
+    PyObject *head_obj, *length_obj, *src_obj, *dst_obj;
+    unsigned long long addr;
+    Py_buffer payload;
+    if (!PyArg_ParseTuple(args, "OKOOOy*", &head_obj, &addr, &length_obj, &src_obj, &dst_obj, &payload)) return NULL;
+    uint32_t head, length, src, dst;
+    PyObject *result = NULL;
+    area_t a;
+    if (parse_u32(length_obj, &length, "length") < 0 || parse_u32(src_obj, &src, "src") < 0 ||
+        parse_u32(dst_obj, &dst, "dst") < 0)
+        goto out;
+    if (payload.len > 0xFFFF) {
+        PyErr_Format(PyExc_ValueError, "a %zd-byte payload does not fit a 16-bit header length", payload.len);
+        goto out;
+    }
+    if (queue_open(&self->q, &a) < 0) goto out;
+    if (fill_message(&a, addr, src, dst, &payload) == 0 && device_check_held(self, head_obj, &head) == 0) {
+        device_put_used(self, &a, head, length, 1);
+        result = PyBool_FromLong(device_needs_kick(self, &a));
+    }
+    area_close(&a);
+out:
+    PyBuffer_Release(&payload);
+    return result;
+}
+
+static PyObject *device_get_held(DeviceRing *self, void *c) { return PyLong_FromUnsignedLong(self->held_count); }
+static PyObject *device_get_pool_start(DeviceRing *self, void *c) { return PyLong_FromUnsignedLongLong(self->pool_start); }
+static PyObject *device_get_pool_end(DeviceRing *self, void *c) { return PyLong_FromUnsignedLongLong(self->pool_end); }
+
+static PyMethodDef device_methods[] = {
+    {"attach", (PyCFunction)device_attach, METH_NOARGS, "Start from the driver's reset state."},
+    {"set_no_notify", (PyCFunction)device_set_no_notify, METH_O, "Set or clear VRING_USED_F_NO_NOTIFY."},
+    {"publish", (PyCFunction)device_publish_py, METH_NOARGS, "Release-store the used (flags, idx) word."},
+    {"needs_kick", (PyCFunction)device_needs_kick_py, METH_NOARGS, "Did the driver not set NO_INTERRUPT?"},
+    {"has_available", (PyCFunction)device_has_available_py, METH_NOARGS, "Is an avail entry pending?"},
+    {"get_available", (PyCFunction)device_get_available_py, METH_NOARGS, "(head, addr, length, flags) or None."},
+    {"put_used", (PyCFunction)(void (*)(void))device_put_used_py, METH_VARARGS | METH_KEYWORDS, "Return a held buffer."},
+    {"rx_batch", (PyCFunction)device_rx_batch, METH_O, "One receive poll of the device."},
+    {"put_message", (PyCFunction)device_put_message, METH_VARARGS, "Write header and payload, return the buffer used."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef device_getset[] = {
+    {"held", (getter)device_get_held, NULL, "Descriptors this side holds.", NULL},
+    {"pool_start", (getter)device_get_pool_start, NULL, "First byte of the buffer pool.", NULL},
+    {"pool_end", (getter)device_get_pool_end, NULL, "End of the buffer pool.", NULL},
+    {"num", (getter)queue_get_num, NULL, "Ring size.", NULL},
+    {"name", (getter)queue_get_name, NULL, "Name used in error messages.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject DeviceRingType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ampipc._vring.DeviceRing",
+    .tp_basicsize = sizeof(DeviceRing),
+    .tp_dealloc = (destructor)device_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The device's half of a split virtqueue (mirrors rpmsg.virtqueue.DeviceQueue).",
+    .tp_methods = device_methods,
+    .tp_getset = device_getset,
+    .tp_init = (initproc)device_init,
+    .tp_new = PyType_GenericNew,
+};
+
+/* ==== the doorbell's spin ====================================================================== */
+/* spin_wait_u32(area, offset, seen, seconds) -> value: read the aligned u32 at offset until it differs
+ * from seen or `seconds` pass, with the GIL released. The buffer export held meanwhile keeps the
+ * mapping from being unmapped under the spin (a Mapping defers munmap while views exist). */
+static PyObject *mod_spin_wait_u32(PyObject *m, PyObject *args) {
+    PyObject *obj;
+    Py_ssize_t offset;
+    unsigned long seen_ul;
+    double seconds;
+    if (!PyArg_ParseTuple(args, "Onkd", &obj, &offset, &seen_ul, &seconds)) return NULL;
+    if (!(seconds >= 0 && seconds <= 1.0)) {
+        PyErr_SetString(PyExc_ValueError, "a spin lasts between 0 and 1 second");
+        return NULL;
+    }
+    Py_buffer b;
+    if (PyObject_GetBuffer(obj, &b, PyBUF_SIMPLE) < 0) return NULL;
+    if (offset < 0 || offset % 4 || offset > b.len - 4 || ((uintptr_t)b.buf & 3)) {
+        PyBuffer_Release(&b);
+        PyErr_Format(PyExc_ValueError, "offset %zd is not an aligned word of the area", offset);
+        return NULL;
+    }
+    const uint32_t *word = (const uint32_t *)((unsigned char *)b.buf + offset);
+    uint32_t seen = (uint32_t)seen_ul, now;
+    int64_t spin = (int64_t)(seconds * 1e9);
+    Py_BEGIN_ALLOW_THREADS
+    int64_t stop = now_ns() + spin;
+    for (unsigned i = 1;; i++) {
+        now = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+        if (now != seen) break;
+        cpu_relax();
+        if ((i & 63) == 0 && now_ns() >= stop) break;
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&b);
+    return PyLong_FromUnsignedLong(now);
+}
+
+static PyObject *mod_set_errors(PyObject *m, PyObject *args) {
+    PyObject *ring, *exhausted, *out_of_window, *protocol;
+    if (!PyArg_ParseTuple(args, "OOOO", &ring, &exhausted, &out_of_window, &protocol)) return NULL;
+    Py_INCREF(ring);
+    Py_INCREF(exhausted);
+    Py_INCREF(out_of_window);
+    Py_INCREF(protocol);
+    Py_XSETREF(ErrRing, ring);
+    Py_XSETREF(ErrExhausted, exhausted);
+    Py_XSETREF(ErrOutOfWindow, out_of_window);
+    Py_XSETREF(ErrProtocol, protocol);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"spin_wait_u32", mod_spin_wait_u32, METH_VARARGS, "Spin (GIL released) until a word changes or time runs out."},
+    {"_set_errors", mod_set_errors, METH_VARARGS, "Install RingError, ResourceExhausted, OutOfWindow, ProtocolError."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef vring_module = {
+    PyModuleDef_HEAD_INIT, "ampipc._vring", "The RPMsg fast path: split virtqueues and rpmsg headers in C.", -1,
+    module_methods,
+};
+
+PyMODINIT_FUNC PyInit__vring(void) {
+    if (PyType_Ready(&DriverRingType) < 0 || PyType_Ready(&DeviceRingType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&vring_module);
+    if (m == NULL) return NULL;
+    /* Until ampipc.rpmsg installs its own classes: never NULL, so an early error is still an error. */
+    ErrRing = ErrProtocol = PyExc_RuntimeError;
+    ErrExhausted = PyExc_RuntimeError;
+    ErrOutOfWindow = PyExc_RuntimeError;
+    Py_INCREF(PyExc_RuntimeError);
+    Py_INCREF(PyExc_RuntimeError);
+    Py_INCREF(PyExc_RuntimeError);
+    Py_INCREF(PyExc_RuntimeError);
+    Py_INCREF(&DriverRingType);
+    if (PyModule_AddObject(m, "DriverRing", (PyObject *)&DriverRingType) < 0) return NULL;
+    Py_INCREF(&DeviceRingType);
+    if (PyModule_AddObject(m, "DeviceRing", (PyObject *)&DeviceRingType) < 0) return NULL;
+    return m;
+}
