@@ -9,10 +9,13 @@ Both sides use the same Python binding of Zenoh (eclipse-zenoh), the same sessio
 - **bridged**: a producer process sends N messages into a MessageBuffer of region A; bridge A (a
   process) exports it; bridge B (a process) imports it into a MessageBuffer of region B; a
   consumer process receives them. Same clock, same N.
+- **packed**: the same with bridge A given ``pack=64`` (a backlog goes out as samples of up to
+  64 whole messages, at most 64 KiB; only ampipc bridges read those).
 - **round trip** (64 B): zenoh ping-pong (put "ping", an echo process answers on "pong") against
   the bridged ping-pong (buffer -> bridge A -> Zenoh -> bridge B -> buffer -> echo core -> buffer
-  -> bridge B -> Zenoh -> bridge A -> buffer). Median and 99th percentile of timed round trips
-  after a warm-up.
+  -> bridge B -> Zenoh -> bridge A -> buffer), the bridges' import routes writing from Zenoh's
+  receive thread (``fifo_capacity=0``). Median and 99th percentile of timed round trips after a
+  warm-up.
 
 Every receiver checks each payload's sequence number, so a lossy or reordered path cannot look
 fast. Ratios: bridged / zenoh throughput (target >= 0.8) and bridged / zenoh round trip (<= 1.5).
@@ -31,16 +34,7 @@ from typing import Any
 __all__ = ["run", "main"]
 
 _T = 120.0  # bound of every wait (never a measured quantity)
-_SPIN = float(os.environ.get("AMPIPC_BENCH_BRIDGE_SPIN", "-1"))
-_FIFO = int(os.environ.get("AMPIPC_BENCH_BRIDGE_FIFO", "256"))
 _PACK = 64  # the packed variant: up to 64 whole messages per sample between the two bridges
-
-
-def _tune() -> None:
-    if _SPIN >= 0:
-        import ampipc
-
-        ampipc.set_default_spin(_SPIN)
 
 
 def _endpoint() -> str:
@@ -160,15 +154,14 @@ def _z_ping(endpoint: str, rounds: int, warmup: int, out: Any) -> None:
 
 
 def _bridge(region_name: str, name: str, listen: bool, endpoint: str, exports: list[tuple[str, str]],
-            imports: list[tuple[str, str]], ready: Any, stop: Any, pack: int = 1) -> None:
-    _tune()
+            imports: list[tuple[str, str]], ready: Any, stop: Any, pack: int = 1, fifo: int = 256) -> None:
     from ampipc import Region
     from ampipc.bridge import ZenohBridge
     from ampipc.bridge.session import close_session, open_session
 
     with Region.attach(region_name) as region:
         session = open_session(**({"listen": [endpoint]} if listen else {"connect": [endpoint]}))
-        bridge = ZenohBridge(region, session, name=name, fifo_capacity=_FIFO, pack=pack)
+        bridge = ZenohBridge(region, session, name=name, fifo_capacity=fifo, pack=pack)
         for buffer, key in exports:
             bridge.export(buffer, key)
         for key, buffer in imports:
@@ -181,7 +174,6 @@ def _bridge(region_name: str, name: str, listen: bool, endpoint: str, exports: l
 
 
 def _producer(region_name: str, buffer: str, count: int, size: int, go: Any, out: Any) -> None:
-    _tune()
     from ampipc import MessageBuffer, Region
 
     with Region.attach(region_name) as region:
@@ -196,7 +188,6 @@ def _producer(region_name: str, buffer: str, count: int, size: int, go: Any, out
 
 
 def _consumer(region_name: str, buffer: str, count: int, out: Any) -> None:
-    _tune()
     from ampipc import MessageBuffer, Region
 
     with Region.attach(region_name) as region:
@@ -209,7 +200,6 @@ def _consumer(region_name: str, buffer: str, count: int, out: Any) -> None:
 
 
 def _echo_core(region_name: str, inbox: str, outbox: str) -> None:
-    _tune()
     from ampipc import MessageBuffer, PeerClosed, Region
 
     with Region.attach(region_name) as region:
@@ -225,7 +215,6 @@ def _echo_core(region_name: str, inbox: str, outbox: str) -> None:
 
 
 def _bridged_ping(region_name: str, outbox: str, inbox: str, rounds: int, warmup: int, out: Any) -> None:
-    _tune()
     from ampipc import MessageBuffer, Region
 
     with Region.attach(region_name) as region:
@@ -357,10 +346,11 @@ def _bridged_round_trip(rounds: int, warmup: int) -> list[int]:
             MessageBuffer.create(region, "ping", 4096)
             MessageBuffer.create(region, "pong", 4096)
         # A: ping (app -> bridge) exported, pong imported; B: ping imported (-> echo), pong exported.
+        # Latency configuration: import routes write from Zenoh's receive thread (fifo_capacity=0).
         procs.start(_bridge, region_b.name, "bench-b", True, endpoint, [("pong", "bench/bpong")],
-                    [("bench/bping", "ping")], ready_b, stop)
+                    [("bench/bping", "ping")], ready_b, stop, 1, 0)
         procs.start(_bridge, region_a.name, "bench-a", False, endpoint, [("ping", "bench/bping")],
-                    [("bench/bpong", "pong")], ready_a, stop)
+                    [("bench/bpong", "pong")], ready_a, stop, 1, 0)
         if not (ready_a.wait(_T) and ready_b.wait(_T)):
             raise TimeoutError("bridges not ready")
         procs.start(_echo_core, region_b.name, "ping", "pong")

@@ -33,6 +33,7 @@ OTHER_MODULES = (
     ("notification strategies", "benchmarks.bench_strategies"),
     ("RPMsg", "benchmarks.bench_rpmsg"),
     ("asyncio against blocking calls", "benchmarks.bench_aio"),
+    ("Zenoh bridge against Zenoh's own pub->sub", "benchmarks.bench_bridge"),
     ("payload pool, descriptors and DMA", "benchmarks.bench_payload"),
 )
 

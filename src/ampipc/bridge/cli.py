@@ -37,7 +37,7 @@ def _import_pair(text: str) -> tuple[str, str]:
 
 
 def add_parser(subparsers: Any) -> None:
-    from ..cli import bounded_float
+    from ..cli import bounded_float, bounded_int
 
     p = subparsers.add_parser(
         "bridge",
@@ -60,6 +60,9 @@ def add_parser(subparsers: Any) -> None:
                    help="block: back-pressure end to end, nothing dropped (default); drop: never block, count drops")
     p.add_argument("--on-peer-lost", dest="on_peer_lost", choices=("wait", "close"), default="wait",
                    help="wait for a new peer (default), or close the local side so local peers see PeerClosed")
+    p.add_argument("--pack", type=bounded_int(1, 4096, "--pack"), default=1, metavar="N",
+                   help="publish a backlog as samples of up to N whole messages (only ampipc bridges read them; "
+                        "default 1: one sample per message, readable by any Zenoh subscriber)")
     p.add_argument("--stats-interval", dest="stats_interval", type=bounded_float(0, 86400, "the statistics interval"),
                    default=None, metavar="SECONDS", help="print the counters every SECONDS")
     p.set_defaults(func=_run)
@@ -89,7 +92,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         session = open_session(listen=args.listen, connect=args.connect)
         try:
-            bridge = ZenohBridge(region, session, name=args.name, congestion=args.congestion)
+            bridge = ZenohBridge(region, session, name=args.name, congestion=args.congestion, pack=args.pack)
             try:
                 for buffer, key in args.exports:
                     bridge.export(buffer, key, on_peer_lost=args.on_peer_lost)
