@@ -76,10 +76,11 @@ def test_consumer_killed_holding_slots_is_reclaimed_exactly_once(make_region: An
     os.kill(consumer.pid, signal.SIGKILL)
     spawn.join(consumer)
 
-    go, done = spawn.ctx.Event(), spawn.ctx.Event()
-    grabbers = [spawn(W.reclaim_and_grab, region.name, "pool", go, results, done) for _ in range(2)]
+    # a fresh queue: the killed child may have died holding the old queue's write lock
+    go, done, reported = spawn.ctx.Event(), spawn.ctx.Event(), spawn.ctx.Queue()
+    grabbers = [spawn(W.reclaim_and_grab, region.name, "pool", go, reported, done) for _ in range(2)]
     go.set()
-    reports = [_get(results), _get(results)]
+    reports = [_get(reported), _get(reported)]
     freed = [r[1] for r in reports]
     grabbed = [slot for r in reports for slot in r[2]]
     assert sum(freed) == held, f"reclaimed {freed}: each dead slot must be reclaimed exactly once"
