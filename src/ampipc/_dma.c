@@ -28,7 +28,9 @@
  *
  * Lifetime: finished transfers go on a done list; the Python side (submit, reap, close) releases
  * their buffer exports and references with the GIL held. Transfer.wait() sleeps on the transfer's
- * state word (a futex) with the GIL released, in slices, checking signals between them.
+ * state word (a futex) with the GIL released, in slices, checking signals between them; it
+ * announces itself in `waiting` first (seq_cst store, then a re-check of the state), and the
+ * worker, after its seq_cst store of the final state, issues the wake only when someone waits.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -114,6 +116,7 @@ typedef struct {
 struct TransferObject {
     PyObject_HEAD
     uint32_t state;
+    uint32_t waiting; /* 1 while a thread sleeps in wait(): the worker wakes only then */
     uint32_t error;
     int channel;
     int priority;
@@ -166,6 +169,8 @@ static PyObject *transfer_wait(TransferObject *t, PyObject *args, PyObject *kwds
             if (left < slice) slice = left;
         }
         struct timespec ts = {(time_t)(slice / 1000000000LL), (long)(slice % 1000000000LL)};
+        __atomic_store_n(&t->waiting, 1, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&t->state, __ATOMIC_SEQ_CST) != s) continue; /* finished meanwhile */
         Py_BEGIN_ALLOW_THREADS
         sys_futex(&t->state, FUTEX_WAIT_PRIVATE, s, &ts);
         Py_END_ALLOW_THREADS
@@ -277,8 +282,8 @@ static void execute(EngineObject *e, TransferObject *t) {
     }
     __atomic_fetch_and((uint32_t *)reg(e, ch, R_FLAGS), ~F_BUSY, __ATOMIC_SEQ_CST);
     /* the waiter learns first, then the interrupt: a handler that waits on the transfer never sleeps */
-    __atomic_store_n(&t->state, err == E_NONE ? ST_DONE : ST_ERROR, __ATOMIC_RELEASE);
-    sys_futex(&t->state, FUTEX_WAKE_PRIVATE, INT_MAX, NULL);
+    __atomic_store_n(&t->state, err == E_NONE ? ST_DONE : ST_ERROR, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&t->waiting, __ATOMIC_SEQ_CST)) sys_futex(&t->state, FUTEX_WAKE_PRIVATE, INT_MAX, NULL);
     raise_line(e, ch, err == E_NONE ? e->cfg[ch].tc_line : e->cfg[ch].te_line);
 }
 
@@ -503,6 +508,7 @@ static PyObject *engine_submit(EngineObject *self, PyObject *args) {
     TransferObject *t = PyObject_New(TransferObject, &TransferType);
     if (t == NULL) return NULL;
     t->state = ST_QUEUED;
+    t->waiting = 0;
     t->error = E_NONE;
     t->channel = ch;
     t->priority = priority;
