@@ -11,7 +11,8 @@
  *
  * Arbitration: the worker takes the head of the non-empty channel queue with the highest priority
  * (3 very high .. 0 low), the lower channel number first on a tie (the STM32 DMA rule), one whole
- * transfer at a time.
+ * transfer at a time. suspend(True) holds the queues (the controller's enable bit off): nothing new
+ * starts until suspend(False).
  *
  * Bounds: a region address is an offset that must lie, with its whole length, inside the engine's
  * window [lo, hi) of the region; a private buffer's offset + length must lie inside the buffer.
@@ -109,6 +110,7 @@ typedef struct {
     TransferObject *done;
     uint32_t queued; /* transfers queued, read by the spinning worker */
     int stopping;
+    int paused; /* set by suspend(): queued transfers wait, the one running finishes */
     int closed;
     int sync_ready; /* lock and cond initialised */
 } EngineObject;
@@ -306,18 +308,18 @@ static void *worker_main(void *arg) {
     EngineObject *e = (EngineObject *)arg;
     pthread_mutex_lock(&e->lock);
     while (!e->stopping) {
-        TransferObject *t = pick(e);
+        TransferObject *t = e->paused ? NULL : pick(e);
         if (t == NULL) {
             /* a short spin first: back-to-back submissions do not pay a wake-up each */
             pthread_mutex_unlock(&e->lock);
             int64_t until = now_ns() + IDLE_SPIN_NS;
-            while (!__atomic_load_n(&e->queued, __ATOMIC_ACQUIRE) && now_ns() < until) {
+            while ((e->paused || !__atomic_load_n(&e->queued, __ATOMIC_ACQUIRE)) && now_ns() < until) {
 #if defined(__x86_64__) || defined(__i386__)
                 __builtin_ia32_pause();
 #endif
             }
             pthread_mutex_lock(&e->lock);
-            if (!e->queued && !e->stopping) pthread_cond_wait(&e->cond, &e->lock);
+            if ((e->paused || !e->queued) && !e->stopping) pthread_cond_wait(&e->cond, &e->lock);
             continue;
         }
         __atomic_store_n(&t->state, ST_RUNNING, __ATOMIC_RELEASE);
@@ -549,6 +551,17 @@ fail:
 
 static PyObject *engine_reap(EngineObject *self, PyObject *unused) { return PyLong_FromLong(reap(self)); }
 
+static PyObject *engine_suspend(EngineObject *self, PyObject *arg) {
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) return NULL;
+    if (check_open(self) < 0) return NULL;
+    pthread_mutex_lock(&self->lock);
+    self->paused = on;
+    pthread_cond_signal(&self->cond);
+    pthread_mutex_unlock(&self->lock);
+    Py_RETURN_NONE;
+}
+
 static PyObject *engine_get_queued(EngineObject *self, void *c) {
     return PyLong_FromUnsignedLong(__atomic_load_n(&self->queued, __ATOMIC_ACQUIRE));
 }
@@ -560,6 +573,8 @@ static PyMethodDef engine_methods[] = {
     {"submit", (PyCFunction)engine_submit, METH_VARARGS,
      "submit(channel, priority, src, src_off, dst, dst_off, length) -> Transfer (None = region address;"
      " length -1 = what the private side(s) hold past the offsets)."},
+    {"suspend", (PyCFunction)engine_suspend, METH_O,
+     "suspend(True): start no queued transfer (the running one finishes); suspend(False): go on."},
     {"reap", (PyCFunction)engine_reap, METH_NOARGS, "Drop finished transfers' buffer exports; returns how many."},
     {"close", (PyCFunction)engine_close, METH_NOARGS, "Stop the worker (queued transfers are aborted)."},
     {NULL},

@@ -152,23 +152,55 @@ def test_completion_interrupt_reaches_another_process(chip: Any, spawn: Any) -> 
     dma_view.close()
 
 
-def test_priority_order_when_queued_together(chip: Any) -> None:
-    """With the engine busy on a long copy, a very-high channel's transfer overtakes low ones."""
+def test_priority_then_channel_number_decide_the_order(chip: Any) -> None:
+    """Queued while the engine is suspended, transfers start by priority, then lower channel first."""
     region, _, dma = chip
-    off = region.allocate("frames", "raw", 4 << 20)
-    big = bytes(4 << 20)
-    low, high = dma.channel(3, priority=Priority.LOW), dma.channel(4, priority=Priority.VERY_HIGH)
-    blocker = low.start(big, RegionAddress(off))
-    lows = [low.start(b"l" * 64, bytearray(64)) for _ in range(5)]
-    highs = [high.start(b"h" * 64, bytearray(64)) for _ in range(5)]
-    for t in [blocker, *lows, *highs]:
+    off = region.allocate("frames", "raw", 1 << 16)
+    low, medium, high_a, high_b = (dma.channel(n, priority=p) for n, p in (
+        (3, Priority.LOW), (1, Priority.MEDIUM), (6, Priority.VERY_HIGH), (4, Priority.VERY_HIGH)))
+    dma.suspend()
+    order = [(low, 0), (medium, 1), (high_a, 2), (low, 3), (high_b, 4), (medium, 5)]
+    transfers = [(ch.start(bytes([tag]) * 64, RegionAddress(off + 64 * tag)), tag) for ch, tag in order]
+    assert not any(t.done for t, _ in transfers)
+    dma.resume()
+    for t, _ in transfers:
         t.wait(W.GENEROUS)
-    if lows[0]._native.times_ns[1] < blocker._native.times_ns[2]:  # type: ignore[index]
-        pytest.fail("a queued transfer started before the running one finished")
-    started = {id(t): t._native.times_ns[1] for t in lows + highs}  # type: ignore[index]
-    queued_behind = [t for t in lows + highs if started[id(t)] > blocker._native.times_ns[1]]  # type: ignore[index]
-    if len(queued_behind) == 10:  # all ten were queued while the blocker ran: the order is decided
-        assert max(started[id(t)] for t in highs) < min(started[id(t)] for t in lows)
+    started = sorted(transfers, key=lambda item: item[0]._native.times_ns[1])  # type: ignore[index]
+    # channel 4 (very high) before channel 6 (very high), then medium, then low; FIFO within a channel
+    assert [tag for _, tag in started] == [4, 2, 1, 5, 0, 3]
+    for _, tag in transfers:
+        assert bytes(region.view[off + 64 * tag : off + 64 * tag + 64]) == bytes([tag]) * 64
+
+
+def test_buffers_stay_exported_until_the_copy_ends(chip: Any) -> None:
+    region, _, dma = chip
+    off = region.allocate("frames", "raw", 1 << 16)
+    ch = dma.channel(0)
+    dma.suspend()
+    source = bytearray(b"\x42" * 4096)
+    transfer = ch.start(source, RegionAddress(off))
+    with pytest.raises(BufferError):
+        source.extend(b"x")  # held by the queued transfer: it cannot move
+    del source  # the transfer keeps the object alive
+    dma.resume()
+    transfer.wait(W.GENEROUS)
+    assert bytes(region.view[off : off + 4096]) == b"\x42" * 4096
+    again = bytearray(16)
+    ch.copy(b"y" * 16, again, timeout=W.GENEROUS)
+    again.extend(b"z")  # released once finished
+    assert again == b"y" * 16 + b"z"
+
+
+def test_close_aborts_queued_transfers(chip: Any) -> None:
+    region, _, dma = chip
+    off = region.allocate("frames", "raw", 4096)
+    ch = dma.channel(0)
+    dma.suspend()
+    transfer = ch.start(b"a" * 64, RegionAddress(off))
+    dma.close()
+    with pytest.raises(DmaError, match="closed before the transfer ran"):
+        transfer.wait(W.GENEROUS)
+    assert bytes(region.view[off : off + 64]) == bytes(64)
 
 
 def test_channels_are_claimed_per_process(chip: Any) -> None:

@@ -357,6 +357,14 @@ class DmaController:
             flags=m.load_u32(regs + _C_FLAGS), owner_pid=m.load_u32(regs + _C_OWNER),
         )
 
+    def suspend(self) -> None:
+        """Hold this process's engine: queued transfers wait (the running one finishes) until `resume`."""
+        self._engine_for().suspend(True)
+
+    def resume(self) -> None:
+        """Let the engine start queued transfers again, by priority."""
+        self._engine_for().suspend(False)
+
     def clear_flags(self, number: int, mask: int = FLAG_TCIF | FLAG_TEIF) -> int:
         """Clear TCIF/TEIF of any channel (the other core's handler does this); returns the flags found."""
         if not 0 <= number < self.channels:
