@@ -83,6 +83,7 @@ class Ring:
     def wait_writable(self, nbytes: int, /, timeout: float | None = None) -> bool:
         """Wait until a send of `nbytes` would not block (room, or the reader closed); False at the timeout."""
     def _close(self, roles: int, /) -> None: ...
+    def _set_isr(self, isr: TaskIsr | None, /) -> None: ...
     @property
     def prefix_width(self) -> int:
         """Bytes of each message's length prefix (1, 2, 4 or 8; 0 for a stream buffer)."""
@@ -144,3 +145,53 @@ def set_isr_context(flag: bool, /) -> bool: ...
 def in_isr() -> bool: ...
 def get_default_spin() -> float: ...
 def set_default_spin(seconds: float, /) -> None: ...
+
+class StrategyCounters:
+    """What a strategy's C half counted in this process."""
+
+    def as_dict(self) -> dict[str, int]: ...
+
+class IrqGate:
+    """Who may run a core's interrupt logic in this process: critical sections and dispatches against a servicing task."""
+
+    def enter(self) -> None: ...
+    def exit(self) -> None: ...
+
+class Notifier:
+    """A toggle (strategy 1) or control (strategy 2) completion hook in C; `fallback` is the Python hook it mirrors."""
+
+    def __init__(
+        self,
+        *,
+        strategy: int,
+        event: int,
+        mapping: Mapping,
+        word: int,
+        acked: int,
+        bit: int,
+        control: Ring | None,
+        record: bytes,
+        line_pending: int,
+        line_raised: int,
+        line: int,
+        counters: StrategyCounters,
+        fallback: Callable[[Any], object],
+    ) -> None: ...
+    def __call__(self, buffer: Ring, /) -> None: ...
+
+class TaskIsr:
+    """A strategy's interrupt handler in C, serviced by the task blocked on one of the core's buffers."""
+
+    def __init__(
+        self,
+        *,
+        strategy: int,
+        mapping: Mapping,
+        gate: IrqGate,
+        counters: StrategyCounters,
+        pending: int,
+        handled: int,
+        line: int,
+        table: Sequence[tuple[Any, ...]],
+    ) -> None: ...
+    def __call__(self) -> bool: ...

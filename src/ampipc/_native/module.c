@@ -7,6 +7,7 @@
  *   mapping.c    Mapping: a shared mapping with atomics and futex wait/wake on its words
  *   ring.c       the FreeRTOS ring and its non-blocking operations
  *   wait.c       blocking: the spin policy, the futex wait, peer death and close, roles
+ *   irq.c        the built-in strategies' interrupt logic: C hooks, and the line serviced by the blocked task
  *   ring_api.c   the Python methods and types of the rings (single calls and batches)
  *   module.c     module functions and initialisation (this file)
  *
@@ -19,6 +20,7 @@
 #include "mapping.c"
 #include "ring.c"
 #include "wait.c"
+#include "irq.c"
 #include "ring_api.c"
 
 /* ---- module functions ---------------------------------------------------------------------- */
@@ -110,7 +112,9 @@ static struct PyModuleDef native_module = {
 };
 
 PyMODINIT_FUNC PyInit__native(void) {
-    if (PyType_Ready(&MappingType) < 0 || PyType_Ready(&RingType) < 0 || PyType_Ready(&MessageRingType) < 0 || PyType_Ready(&StreamRingType) < 0)
+    if (PyType_Ready(&MappingType) < 0 || PyType_Ready(&RingType) < 0 || PyType_Ready(&MessageRingType) < 0 ||
+        PyType_Ready(&StreamRingType) < 0 || PyType_Ready(&CountersType) < 0 || PyType_Ready(&GateType) < 0 ||
+        PyType_Ready(&NotifierType) < 0 || PyType_Ready(&TaskIsrType) < 0)
         return NULL;
     ErrCorrupt = Py_NewRef(PyExc_RuntimeError);
     ErrTooLarge = Py_NewRef(PyExc_ValueError);
@@ -127,6 +131,10 @@ PyMODINIT_FUNC PyInit__native(void) {
         PyModule_AddObjectRef(m, "Ring", (PyObject *)&RingType) < 0 ||
         PyModule_AddObjectRef(m, "MessageRing", (PyObject *)&MessageRingType) < 0 ||
         PyModule_AddObjectRef(m, "StreamRing", (PyObject *)&StreamRingType) < 0 ||
+        PyModule_AddObjectRef(m, "StrategyCounters", (PyObject *)&CountersType) < 0 ||
+        PyModule_AddObjectRef(m, "IrqGate", (PyObject *)&GateType) < 0 ||
+        PyModule_AddObjectRef(m, "Notifier", (PyObject *)&NotifierType) < 0 ||
+        PyModule_AddObjectRef(m, "TaskIsr", (PyObject *)&TaskIsrType) < 0 ||
         PyModule_AddIntConstant(m, "RING_HEADER_SIZE", RING_HEADER_SIZE) < 0 ||
         PyModule_AddIntConstant(m, "RING_MAGIC", (long)RING_MAGIC) < 0 ||
         PyModule_AddIntConstant(m, "PREFIX_SIZE", PREFIX_SIZE) < 0) {

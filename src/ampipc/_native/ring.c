@@ -41,6 +41,7 @@ typedef struct {
     unsigned spin_probe; /* waits since spinning was turned off */
     int in_hook; /* bit ROLE_WRITER: in the send hook; bit ROLE_READER: in the receive hook */
     int roles_used; /* bit per role this object has taken (what close() closes) */
+    PyObject *isr;  /* a TaskIsr (irq.c) whose line this ring's blocked side services, or NULL */
     int closed;     /* this object was closed: its calls raise RegionClosed */
     uint32_t limit; /* bytes of the object's directory entry: the header must stay inside */
     PyObject *weakreflist;
@@ -174,7 +175,15 @@ static void ring_record_identity(RingObject *r, Py_ssize_t pid_off, Py_ssize_t s
     }
 }
 
+/* Hooks in C (irq.c's Notifier: the built-in strategies) run without a Python call. */
+static int hook_is_native(PyObject *hook);
+static void native_hook_run(PyObject *hook, RingObject *r);
+
 static void ring_call_hook(RingObject *r, PyObject *hook, int role) {
+    if (hook_is_native(hook)) {
+        native_hook_run(hook, r);
+        return;
+    }
     /* A hook that raises cannot undo a completed send or receive; its error is reported, not lost. */
     /* Recursion guard (a send hook sending on its own buffer), one per hook: the other role's
      * hook, run by another thread meanwhile, must still fire. */

@@ -840,6 +840,7 @@ static int ring_traverse(RingObject *self, visitproc visit, void *arg) {
     Py_VISIT(self->send_hook);
     Py_VISIT(self->receive_hook);
     Py_VISIT(self->peer_check);
+    Py_VISIT(self->isr);
     return 0;
 }
 
@@ -847,6 +848,7 @@ static int ring_clear(RingObject *self) {
     Py_CLEAR(self->send_hook);
     Py_CLEAR(self->receive_hook);
     Py_CLEAR(self->peer_check);
+    Py_CLEAR(self->isr);
     return 0;
 }
 
@@ -874,6 +876,7 @@ static int ring_set_peer_check(RingObject *r, PyObject *value, void *c) {
 }
 
 #define COMMON_METHODS                                                                                           \
+    {"_set_isr", (PyCFunction)ring_set_isr, METH_O, "The TaskIsr whose line a blocked side services, or None."},   \
     {"reset", (PyCFunction)ring_reset, METH_NOARGS, "Empty the buffer; False (and no change) while a side is blocked."}, \
     {"send_completed_from_isr", (PyCFunction)ring_send_completed_from_isr, METH_NOARGS,                          \
      "Wake a reader blocked on this buffer, if any; True if one was (xStreamBufferSendCompletedFromISR)."},      \

@@ -57,6 +57,9 @@ static void spin_learn(RingObject *r, int ready) {
         r->spin_score = r->spin_score - 2 < -1 ? -1 : r->spin_score - 2;
 }
 
+/* irq.c: the sleep of a task that services its core's doorbell line while it waits */
+static int isr_sleep(RingObject *r, int role, Py_ssize_t word_off, uint32_t seen, int64_t slice_ns);
+
 static inline Py_ssize_t peer_closed_off(int role) { return role == ROLE_WRITER ? OFF_READER_CLOSED : OFF_WRITER_CLOSED; }
 
 /* The peer closed its side (orderly, like EOF on a pipe). A reader first drains what is left, so
@@ -141,7 +144,8 @@ static int ring_wait(RingObject *r, int role, uint32_t need, int64_t deadline, i
             goto out;
         }
         bump64(h + blocks_off, 1);
-        int woken = futex_sleep((uint32_t *)(h + word_off), seen, slice);
+        int woken = r->isr != NULL ? isr_sleep(r, role, word_off, seen, slice)
+                                   : futex_sleep((uint32_t *)(h + word_off), seen, slice);
         st32_rlx(h + flag_off, 0);
         if (PyErr_CheckSignals() < 0) {
             result = -1;

@@ -87,6 +87,11 @@ C_HSEM_ISR = 24
 C_RAISED = 32
 C_HANDLED = 40
 C_EVENTS = 48
+# Written only by the C core's strategy paths (ampipc._native TaskIsr / Notifier): tasks of this core
+# blocked on a buffer and ready to service its doorbell line, and the word they sleep on, which a
+# C raiser bumps instead of waking the dispatcher while such a task waits.
+C_TASK_WAITERS = 56
+C_TASK_DOORBELL = 60
 
 HW_SIZE = OFF_CORE_BLOCKS + MAX_CORES * CORE_BLOCK_SIZE  # 960
 

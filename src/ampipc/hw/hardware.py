@@ -338,6 +338,9 @@ class Core:
         self._handled_mask = 0
         self._table_lock = threading.Lock()
         self._interrupts_disabled = threading.RLock()
+        # Held with the lock: a task blocked on a buffer may service this core's strategy line in C
+        # (see ampipc._native.TaskIsr) only while no critical section and no dispatch holds it.
+        self._gate = _native.IrqGate()
         self._dispatcher: _Dispatcher | None = None
         self.handler_errors = 0
         self.hsem = Hsem(self)
@@ -444,7 +447,11 @@ class Core:
         when the outermost section ends.
         """
         with self._interrupts_disabled:
-            yield
+            self._gate.enter()
+            try:
+                yield
+            finally:
+                self._gate.exit()
 
     @staticmethod
     def in_isr() -> bool:
@@ -566,9 +573,11 @@ class _Dispatcher(threading.Thread):
                     continue
                 if not core._interrupts_disabled.acquire(timeout=_POLL):
                     continue  # a critical section is held: the lines stay pending
+                core._gate.enter()
                 try:
                     self._dispatch(m, off)
                 finally:
+                    core._gate.exit()
                     core._interrupts_disabled.release()
         except RegionClosed:
             pass  # the region was closed under the dispatcher: nothing left to serve

@@ -21,6 +21,11 @@ again by name with the constructor.
 Every wake-up is an optimisation: a blocked buffer call re-checks its condition every 100 ms on its
 own, so an event lost to any cause costs latency, never a hang.
 
+The fixed algorithms (toggle, control) also run in the C core (`ampipc._native.Notifier` for the
+hooks, `TaskIsr` for the handler, which a task blocked on one of the core's buffers services itself
+while it waits); these Python classes stay their readable reference, run by the dispatcher for every
+case the C half leaves to it, and the statistics add up both halves.
+
 This module is pure (no shared memory, no threads): the event map can be tested on its own.
 """
 
@@ -33,6 +38,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import TYPE_CHECKING, ClassVar
 
+from .. import _native
 from ..buffers import MessageBuffer, StreamBuffer
 
 if TYPE_CHECKING:
@@ -246,6 +252,7 @@ class Strategy(ABC):
         self.event_map = EventMap([b.spec for b in self.buffers])
         self._by_id: dict[int, DataBuffer] = {b.buffer_id: b for b in self.buffers}
         self.counters = StrategyCounters()
+        self.native_counters = _native.StrategyCounters()
         self.installed = False
         if core.name not in self.event_map.cores:
             raise ValueError(f"core {core.name!r} neither writes nor reads any of the buffers")
@@ -268,6 +275,8 @@ class Strategy(ABC):
         if not self.installed:
             return
         self._restore_default_hooks()
+        for b, _kind in self._incoming():
+            b.buffer._set_isr(None)
         self._release_interrupt()
         self.installed = False
 
@@ -275,8 +284,24 @@ class Strategy(ABC):
         """Let go of whatever interrupt `install` claimed. Default: none."""
 
     def statistics(self) -> dict[str, int]:
-        """What this core's side of the strategy counted (events raised, coalesced, handled, errors...)."""
-        return self.counters.as_dict()
+        """What this core's side of the strategy counted (events raised, coalesced, handled, errors...).
+
+        Both halves add up: the Python reference's counts and the C core's (``serviced_by_task``: the
+        interrupts a blocked task served itself; ``doorbells_skipped``: space-freed events not raised
+        because no writer waited; ``fallbacks``: events the C hook handed to the Python one).
+        """
+        stats = self.counters.as_dict()
+        for key, value in self.native_counters.as_dict().items():
+            stats[key] = stats.get(key, 0) + value
+        return stats
+
+    def _line_words(self, core: str) -> tuple[int, int, int]:
+        """(pending-lines word, raised counter, handled counter) offsets of `core`'s interrupt lines."""
+        from ..hw import _regs as R
+
+        hw = self.core.hardware
+        block = hw._base + R.core_block(hw.core_info(core).index)
+        return block + R.C_PENDING, block + R.C_RAISED, block + R.C_HANDLED
 
     # ---- helpers for the implementations -------------------------------------------------------
 

@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING
 
+from .. import _native
 from ..buffers import MessageBuffer
 from ..errors import CorruptRegion, ProtocolError
 from .base import (
@@ -167,14 +168,43 @@ class ControlStrategy(Strategy):
         for cb in self.control.values():
             cb.on_send_completed = _no_record
             cb.on_receive_completed = _no_record
+        m = self.region.mapping
         for b, kind in self._outgoing():
             d = self.event_map.direction_of(b.buffer_id, kind)
             word, bit = self.event_map.locate(b.buffer_id, kind)
             pending_off = self._base + self.layout.block_at[d] + 64 + 4 * word
             record = encode_record(b.buffer_id, kind)
-            self._set_hook(b.buffer, kind, partial(self._raise_event, d, pending_off, bit, record))
+            line_pending, line_raised, _ = self._line_words(d[1])
+            hook = _native.Notifier(
+                strategy=2, event=kind.value, mapping=m, word=pending_off, acked=0, bit=bit, control=self.control[d],
+                record=record, line_pending=line_pending, line_raised=line_raised, line=self.options.irq_line,
+                counters=self.native_counters, fallback=partial(self._raise_event, d, pending_off, bit, record),
+            )
+            self._set_hook(b.buffer, kind, hook)
+        self._install_task_isr()
         self.core.attach_handler(self.options.irq_line, self._isr, priority=5)
         self.installed = True
+
+    def _install_task_isr(self) -> None:
+        """The C mirror of `_isr`, serviced by whichever local task is blocked on an incoming buffer."""
+        me = self.core.name
+        table = []
+        for d, cb in self.control.items():
+            if d[1] != me:
+                continue
+            block = self._base + self.layout.block_at[d]
+            events = []
+            for buffer_id, kind in self.event_map.events(*d):
+                word, bit = self.event_map.locate(buffer_id, kind)
+                events.append((buffer_id, kind.value, block + 64 + 4 * word, bit, self._by_id[buffer_id].buffer, kind.value))
+            table.append((cb, block + _OFF_FLAG, events))
+        pending, _, handled = self._line_words(me)
+        isr = _native.TaskIsr(
+            strategy=2, mapping=self.region.mapping, gate=self.core._gate, counters=self.native_counters,
+            pending=pending, handled=handled, line=self.options.irq_line, table=table,
+        )
+        for b, _kind in self._incoming():
+            b.buffer._set_isr(isr)
 
     def _release_interrupt(self) -> None:
         self.core.detach_handler(self.options.irq_line)

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING
 
+from .. import _native
 from ..errors import CorruptRegion
 from .base import AnyBuffer, EndpointSpec, EventMap, Strategy, StrategyOptions, bits_of
 
@@ -109,14 +110,51 @@ class ToggleStrategy(Strategy):
         if self.installed:
             return
         line = self.options.irq_line
+        m = self.region.mapping
         for b, kind in self._outgoing():
             d = self.event_map.direction_of(b.buffer_id, kind)
             word, bit = self.event_map.locate(b.buffer_id, kind)
             sent_off = self._base + self.layout.sent_at[d] + 4 * word
             acked_off = self._base + self.layout.acked_at[d] + 4 * word
-            self._set_hook(b.buffer, kind, partial(self._raise_event, sent_off, acked_off, bit, d[1]))
+            pending, raised, _ = self._line_words(d[1])
+            hook = _native.Notifier(
+                strategy=1, event=kind.value, mapping=m, word=sent_off, acked=acked_off, bit=bit, control=None,
+                record=bytes(8), line_pending=pending, line_raised=raised, line=line, counters=self.native_counters,
+                fallback=partial(self._raise_event, sent_off, acked_off, bit, d[1]),
+            )
+            self._set_hook(b.buffer, kind, hook)
+        self._install_task_isr()
         self.core.attach_handler(line, self._isr, priority=5)
         self.installed = True
+
+    def _install_task_isr(self) -> None:
+        """The C mirror of `_isr`, serviced by whichever local task is blocked on an incoming buffer."""
+        me = self.core.name
+        table = []
+        for d in self.event_map.directions:
+            if d[1] != me:
+                continue
+            for word in range(self.layout.words[d]):
+                targets = []
+                for bit in range(32):
+                    try:
+                        buffer_id, kind = self.event_map.event_at(d[0], d[1], word, bit)
+                    except IndexError:
+                        break
+                    targets.append((bit, self._by_id[buffer_id].buffer, kind.value))
+                table.append((
+                    self._base + self.layout.sent_at[d] + 4 * word,
+                    self._base + self.layout.acked_at[d] + 4 * word,
+                    self.event_map.valid_mask(d[0], d[1], word),
+                    targets,
+                ))
+        pending, _, handled = self._line_words(me)
+        isr = _native.TaskIsr(
+            strategy=1, mapping=self.region.mapping, gate=self.core._gate, counters=self.native_counters,
+            pending=pending, handled=handled, line=self.options.irq_line, table=table,
+        )
+        for b, _kind in self._incoming():
+            b.buffer._set_isr(isr)
 
     def _release_interrupt(self) -> None:
         self.core.detach_handler(self.options.irq_line)
