@@ -18,9 +18,10 @@ The receiver checks every field before use (magic, ndim, a dtype it can represen
 the data length) and raises `ampipc.ProtocolError` otherwise. Without numpy, arrays are
 memoryviews of the struct-module formats that numpy's basic types map to.
 
-`send_parts` sends several buffers as one message. A MessageBuffer's native send takes a single
-buffer, so the parts are gathered into a per-thread scratch area that is reused (no allocation per
-message). That is one copy more than a native scatter-gather send into the ring would make.
+`send_parts` sends several buffers as one message. A target with its own ``send_parts`` (a ring
+that gathers the parts as it copies them in) is used directly; otherwise, as a MessageBuffer's
+native send takes a single buffer today, the parts are gathered into a per-thread scratch area
+that is reused (no allocation per message): one copy more than a native gather would make.
 """
 
 from __future__ import annotations
@@ -286,10 +287,14 @@ def _gather_area(size: int) -> bytearray:
 def send_parts(target: Target, parts: Sequence[Any], *, timeout: float | None = None) -> None:
     """Send the concatenation of `parts` (buffers) as one message, without building a new bytes object."""
     views = [memoryview(p).cast("B") if not isinstance(p, memoryview) or p.format != "B" else p for p in parts]
-    total = sum(len(v) for v in views)
     if len(views) == 1:
         send_to(target, views[0], timeout)
         return
+    native = None if isinstance(target, tuple) else getattr(target, "send_parts", None)
+    if native is not None:  # a ring that gathers the parts itself (no scratch copy)
+        native(views, timeout=timeout)
+        return
+    total = sum(len(v) for v in views)
     area = _gather_area(total)
     pos = 0
     for v in views:
