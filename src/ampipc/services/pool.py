@@ -36,6 +36,15 @@ registers in ``waiters``, re-scans, and sleeps on the
 when someone waits. Every wait slice (0.1 s) also reclaims the slots of dead owners, so a producer
 whose consumer died gets its slots back without help.
 
+Who writes which word: control words and start times as above (any process, by CAS or as owner);
+length and CRC by the committer; the counters only grow (fetch_add by whoever did the step), except
+``in use``, which a freeing owner decrements *before* its freeing CAS so it never exceeds the slot
+count; ``peak`` is raised by CAS; the cursor is a hint any loaner stores.
+
+The steps loan / commit / accept / free run in C (`ampipc._pool`, the default ``native=True``) on
+the same words with the same atomics; the Python code here is their readable reference, and the
+test suite drives both against one model, on one pool, interleaved. Reclaim is Python only.
+
 Layout (little-endian, offsets from the object's start)::
 
     0   u32 magic "AMPP" (stored last)   4  u32 version   8  u32 slot count   12 u32 slot size
