@@ -3,13 +3,15 @@
  *
  * Theory of operation
  * -------------------
- * The toggle and control strategies (ampipc/notify/toggle.py, control.py) are fixed algorithms; the
+ * The toggle, control and hsem strategies (the modules of ampipc.notify, and ampipc.hw.hsem) are fixed algorithms; the
  * Python modules are their readable reference, and these objects mirror them for the hot path:
  *
  * Notifier   a data buffer's completion hook (sbSEND_COMPLETED / sbRECEIVE_COMPLETED) in C: it
  *            makes the event pending (toggle: the compare-and-swap on the sender-owned word; control:
  *            the fetch_or on the direction's pending word and one 8-byte record written to the control
- *            buffer) and raises the destination core's doorbell line exactly as Hardware._raise_line
+ *            buffer; hsem: FastTake and Release of the event's semaphore, whose free event sets the ISR
+ *            bit of every core and raises IRQ_HSEM where IER enables it, as Hsem.release does) and
+ *            raises the destination core's doorbell line exactly as Hardware._raise_line
  *            does (set the pending bit, count it, wake the dispatcher if the bit was clear). The
  *            space-freed event is raised only when the writer announced that it waits (its waiting
  *            flag, read after a full fence, pairs with the one the writer issues before it sleeps).
@@ -37,6 +39,12 @@ static PyTypeObject MessageRingType;
 
 #define STRATEGY_TOGGLE 1
 #define STRATEGY_CONTROL 2
+#define STRATEGY_HSEM 3
+#define HSEM_MAX_CORES 8
+#define CORE_HSEM_IER 20 /* the core block's words (hw/_regs.py) */
+#define CORE_HSEM_ISR 24
+#define CORE_RAISED 32
+#define IRQ_HSEM_BIT 1u /* line 0 */
 #define EVENT_DATA_SENT 0
 #define EVENT_SPACE_FREED 1
 #define CONTROL_RECORD_SIZE 8
@@ -161,6 +169,11 @@ typedef struct {
     uint32_t line_bit;
     CountersObject *counters;
     PyObject *fallback; /* the Python hook this stands for */
+    /* hsem: the semaphore's R register, the value a FastTake stores, and every core's block */
+    Py_ssize_t r_off;
+    uint32_t r_taken;
+    Py_ssize_t core_blocks[HSEM_MAX_CORES];
+    int ncores;
 } NotifierObject;
 
 static Py_ssize_t checked_word(MappingObject *m, Py_ssize_t off, Py_ssize_t width, const char *what) {
@@ -173,18 +186,49 @@ static Py_ssize_t checked_word(MappingObject *m, Py_ssize_t off, Py_ssize_t widt
 
 static int notifier_init(NotifierObject *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"strategy", "event", "mapping", "word", "acked", "bit", "control", "record",
-                             "line_pending", "line_raised", "line", "counters", "fallback", NULL};
+                             "line_pending", "line_raised", "line", "counters", "fallback", "hsem_taken",
+                             "hsem_cores", NULL};
     int strategy, event, line;
-    PyObject *mapping, *control, *counters, *fallback;
+    PyObject *mapping, *control, *counters, *fallback, *cores = NULL;
     Py_ssize_t word, acked, pending, raised;
-    unsigned long bit;
+    unsigned long bit, taken = 0;
     Py_buffer record;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiO!nnkOy*nniO!O", kwlist, &strategy, &event, &MappingType,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiO!nnkOy*nniO!O|kO", kwlist, &strategy, &event, &MappingType,
                                      &mapping, &word, &acked, &bit, &control, &record, &pending, &raised, &line,
-                                     &CountersType, &counters, &fallback))
+                                     &CountersType, &counters, &fallback, &taken, &cores))
         return -1;
     MappingObject *m = (MappingObject *)mapping;
-    int bad = (strategy != STRATEGY_TOGGLE && strategy != STRATEGY_CONTROL) ||
+    if (strategy == STRATEGY_HSEM) {
+        /* word: the R register; bit: the semaphore's bit; hsem_cores: every core's block offset */
+        PyObject *seq = cores ? PySequence_Fast(cores, "hsem_cores must be a sequence of core block offsets") : NULL;
+        if (seq == NULL) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "the hsem Notifier needs hsem_cores");
+            PyBuffer_Release(&record);
+            return -1;
+        }
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+        if (n < 1 || n > HSEM_MAX_CORES || taken == 0 || taken > 0xFFFFFFFFul) {
+            Py_DECREF(seq);
+            PyBuffer_Release(&record);
+            PyErr_SetString(PyExc_ValueError, "the hsem Notifier needs 1..8 cores and a FastTake value");
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < n; i++) {
+            Py_ssize_t off = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(seq, i));
+            if ((off == -1 && PyErr_Occurred()) || checked_word(m, off, 64, "core block") < 0) {
+                Py_DECREF(seq);
+                PyBuffer_Release(&record);
+                return -1;
+            }
+            self->core_blocks[i] = off;
+        }
+        self->ncores = (int)n;
+        Py_DECREF(seq);
+        self->r_off = word;
+        self->r_taken = (uint32_t)taken;
+        acked = 0;
+    }
+    int bad = (strategy != STRATEGY_TOGGLE && strategy != STRATEGY_CONTROL && strategy != STRATEGY_HSEM) ||
               (event != EVENT_DATA_SENT && event != EVENT_SPACE_FREED) || line < 0 || line > 31 ||
               bit == 0 || bit > 0xFFFFFFFFul || record.len != CONTROL_RECORD_SIZE || !PyCallable_Check(fallback);
     if (!bad && strategy == STRATEGY_CONTROL &&
@@ -269,6 +313,29 @@ static void notifier_run(NotifierObject *n, RingObject *data) {
             if (__atomic_compare_exchange_n(sent, &value, value ^ n->bit, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
                 break;
         }
+    } else if (n->strategy == STRATEGY_HSEM) {
+        /* FastTake: CAS(0 -> LOCK|COREID); held by this core already: its release notifies */
+        uint32_t *r = (uint32_t *)(base + n->r_off), expected = 0;
+        if (!__atomic_compare_exchange_n(r, &expected, n->r_taken, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST) &&
+            expected != n->r_taken) {
+            count(&n->counters->coalesced);
+            return;
+        }
+        expected = n->r_taken; /* Release(id, 0) by the owner: a free event */
+        if (!__atomic_compare_exchange_n(r, &expected, 0, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+            count(&n->counters->coalesced);
+            return;
+        }
+        for (int i = 0; i < n->ncores; i++) {
+            unsigned char *block = base + n->core_blocks[i];
+            __atomic_fetch_or((uint32_t *)(block + CORE_HSEM_ISR), n->bit, __ATOMIC_SEQ_CST);
+            if (__atomic_load_n((uint32_t *)(block + CORE_HSEM_IER), __ATOMIC_SEQ_CST) & n->bit) {
+                count(&n->counters->doorbells);
+                raise_line(base, n->core_blocks[i], n->core_blocks[i] + CORE_RAISED, IRQ_HSEM_BIT);
+            }
+        }
+        count(&n->counters->raised);
+        return;
     } else {
         if (!control_has_room(n->control)) {
             /* overflow: the reference counts, reports and flags it */
@@ -374,6 +441,10 @@ typedef struct {
     isr_word *words;
     isr_event *events;
     isr_direction *directions;
+    /* hsem: this core's IER and ISR words, the semaphores of its incoming events and what each wakes */
+    Py_ssize_t ier_off, isr_off;
+    uint32_t hsem_mask;
+    isr_target hsem_targets[32];
     PyObject *refs; /* a list keeping every ring named above alive */
 } TaskIsrObject;
 
@@ -391,7 +462,8 @@ static int isr_keep(TaskIsrObject *isr, PyObject *ring, int event, isr_target *t
 
 /* TaskIsr(strategy, mapping, gate, counters, pending, handled, line, table)
  *   toggle table:  [(sent_off, acked_off, valid, [(bit, ring, event), ...]), ...]
- *   control table: [(control_ring, flag_off, [(buffer_id, kind, pending_off, bit, ring, event), ...]), ...] */
+ *   control table: [(control_ring, flag_off, [(buffer_id, kind, pending_off, bit, ring, event), ...]), ...]
+ *   hsem table:    (ier_off, isr_off, [(semaphore, ring, event), ...]) */
 static int isr_init(TaskIsrObject *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"strategy", "mapping", "gate", "counters", "pending", "handled", "line", "table", NULL};
     int strategy, line;
@@ -405,7 +477,8 @@ static int isr_init(TaskIsrObject *self, PyObject *args, PyObject *kwds) {
                                      &gate, &CountersType, &counters, &pending, &handled, &line, &table))
         return -1;
     MappingObject *m = (MappingObject *)mapping;
-    if ((strategy != STRATEGY_TOGGLE && strategy != STRATEGY_CONTROL) || line < 0 || line > 31) {
+    if ((strategy != STRATEGY_TOGGLE && strategy != STRATEGY_CONTROL && strategy != STRATEGY_HSEM) || line < 0 ||
+        line > 31) {
         PyErr_SetString(PyExc_ValueError, "TaskIsr: bad strategy or line");
         return -1;
     }
@@ -421,6 +494,27 @@ static int isr_init(TaskIsrObject *self, PyObject *args, PyObject *kwds) {
     self->line_bit = 1u << line;
     self->refs = PyList_New(0);
     if (self->refs == NULL) return -1;
+    if (strategy == STRATEGY_HSEM) {
+        PyObject *sems;
+        if (!PyArg_ParseTuple(table, "nnO", &self->ier_off, &self->isr_off, &sems) ||
+            checked_word(m, self->ier_off, 4, "IER") < 0 || checked_word(m, self->isr_off, 4, "ISR") < 0)
+            return -1;
+        PyObject *items = PySequence_Fast(sems, "TaskIsr: the semaphores must be a sequence");
+        if (items == NULL) return -1;
+        for (Py_ssize_t j = 0; j < PySequence_Fast_GET_SIZE(items); j++) {
+            int sem, event;
+            PyObject *ring;
+            if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(items, j), "iOi", &sem, &ring, &event) || sem < 0 ||
+                sem > 31 || isr_keep(self, ring, event, &self->hsem_targets[sem]) < 0) {
+                if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "TaskIsr: a semaphore must be 0..31");
+                Py_DECREF(items);
+                return -1;
+            }
+            self->hsem_mask |= 1u << sem;
+        }
+        Py_DECREF(items);
+        return 0;
+    }
     PyObject *rows = PySequence_Fast(table, "TaskIsr: the table must be a sequence");
     if (rows == NULL) return -1;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(rows);
@@ -586,6 +680,28 @@ static int isr_control(TaskIsrObject *isr, RingObject *self, int self_role) {
     return 0;
 }
 
+/* HAL_HSEM_IRQHandler and the strategy's free callback (Hsem.irq_handler, HsemStrategy._on_free).
+ * Returns -1 when a freed semaphore is not one of the strategy's: the free callback is the
+ * strategy's, but the dispatcher's Python handler is the one that ignores it the HAL's way. */
+static int isr_hsem(TaskIsrObject *isr, RingObject *self, int self_role) {
+    unsigned char *base = isr->mapping->base;
+    uint32_t *ier = (uint32_t *)(base + isr->ier_off), *isrw = (uint32_t *)(base + isr->isr_off);
+    uint32_t mask = __atomic_load_n(isrw, __ATOMIC_SEQ_CST) & __atomic_load_n(ier, __ATOMIC_SEQ_CST);
+    if (!mask) return 0;
+    if (mask & ~isr->hsem_mask) return -1;
+    __atomic_fetch_and(ier, ~mask, __ATOMIC_SEQ_CST);
+    __atomic_fetch_and(isrw, ~mask, __ATOMIC_SEQ_CST);
+    /* re-activate before waking, so a free during the wake-ups interrupts again */
+    __atomic_fetch_or(ier, mask, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(isrw, __ATOMIC_SEQ_CST) & mask)
+        raise_line(base, isr->pending_off, isr->pending_off + CORE_RAISED, isr->line_bit);
+    for (uint32_t bits = mask; bits; bits &= bits - 1) {
+        count(&isr->counters->handled);
+        isr_wake(&isr->hsem_targets[__builtin_ctz(bits)], self, self_role);
+    }
+    return 0;
+}
+
 /* Service the doorbell line from a blocked task, without the GIL. Returns 1 if it ran. */
 static int isr_service(TaskIsrObject *isr, RingObject *self, int self_role) {
     unsigned char *base = isr->mapping->base;
@@ -605,7 +721,8 @@ static int isr_service(TaskIsrObject *isr, RingObject *self, int self_role) {
     count(&isr->counters->serviced_by_task);
     if (isr->strategy == STRATEGY_TOGGLE)
         isr_toggle(isr, self, self_role);
-    else if (isr_control(isr, self, self_role) < 0) {
+    else if ((isr->strategy == STRATEGY_CONTROL ? isr_control(isr, self, self_role) : isr_hsem(isr, self, self_role)) <
+             0) {
         /* leave the rest to the dispatcher's Python handler, which reports it: the line is pending again */
         __atomic_fetch_or((uint32_t *)(base + isr->pending_off), isr->line_bit, __ATOMIC_SEQ_CST);
         sys_futex(base + isr->pending_off, FUTEX_WAKE, INT_MAX, NULL);

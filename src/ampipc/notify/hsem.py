@@ -26,7 +26,9 @@ from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING
 
+from .. import _native
 from ..errors import ResourceExhausted
+from ..hw import _regs as R
 from .base import (
     AnyBuffer,
     EndpointSpec,
@@ -84,8 +86,28 @@ class HsemStrategy(Strategy):
         if self.installed:
             return
         hsem = self.core.hsem
+        hw = self.core.hardware
+        blocks = [hw._base + R.core_block(info.index) for info in hw.cores]
+        taken = R.r_value(self.core.core_id, 0)
         for b, kind in self._outgoing():
-            self._set_hook(b.buffer, kind, partial(self._ring, self.ids[(b.buffer_id, kind)]))
+            sem = self.ids[(b.buffer_id, kind)]
+            pending, raised, _ = self._line_words(b.spec.destination_of(kind))
+            hook = _native.Notifier(
+                strategy=3, event=kind.value, mapping=self.region.mapping, word=hw._base + R.hsem_r_offset(sem),
+                acked=0, bit=1 << sem, control=None, record=bytes(8), line_pending=pending, line_raised=raised,
+                line=R.IRQ_HSEM, counters=self.native_counters, fallback=partial(self._ring, sem),
+                hsem_taken=taken, hsem_cores=blocks,
+            )
+            self._set_hook(b.buffer, kind, hook)
+        me = hw._base + R.core_block(self.core.index)
+        isr = _native.TaskIsr(
+            strategy=3, mapping=self.region.mapping, gate=self.core._gate, counters=self.native_counters,
+            pending=me + R.C_PENDING, handled=me + R.C_HANDLED, line=R.IRQ_HSEM,
+            table=(me + R.C_HSEM_IER, me + R.C_HSEM_ISR,
+                   [(self.ids[(b.buffer_id, kind)], b.buffer, kind.value) for b, kind in self._incoming()]),
+        )
+        for b, _kind in self._incoming():
+            b.buffer._set_isr(isr)
         hsem.set_free_callback(self._on_free)
         hsem.activate_notification(self.incoming_mask)
         hsem.enable_irq()
