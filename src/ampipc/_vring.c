@@ -248,7 +248,7 @@ static int fill_message(area_t *a, uint64_t addr, uint32_t src, uint32_t dst, co
     return 0;
 }
 
-/* Error entries of a batch: (kind, message) tuples, in the order the Python loop meets them. */
+/* Error entries: (kind, message) tuples. */
 static int push_error(PyObject *errors, const char *kind, const char *msg) {
     PyObject *t = Py_BuildValue("(ss)", kind, msg);
     if (t == NULL) return -1;
@@ -257,15 +257,15 @@ static int push_error(PyObject *errors, const char *kind, const char *msg) {
     return r;
 }
 
-/* RpmsgVirtio._decode up to the name-service split: returns 0 (event or error entry appended), -1. */
-static int decode_message(area_t *a, uint64_t addr, uint64_t capacity, uint64_t buffer_size, PyObject *events,
-                          PyObject *errors) {
+/* RpmsgVirtio._decode up to the name-service split: appends an event (src, dst, payload) or an error
+ * entry (kind, message) to items, in the order the Python loop meets them; returns 0, or -1. */
+static int decode_message(area_t *a, uint64_t addr, uint64_t capacity, uint64_t buffer_size, PyObject *items) {
     char msg[ERRMSG];
     if (capacity > buffer_size) capacity = buffer_size;
     if (capacity < RPMSG_HDR_SIZE) {
         snprintf(msg, sizeof msg, "buffer at 0x%llx of %llu bytes cannot hold a header", (unsigned long long)addr,
                  (unsigned long long)capacity);
-        return push_error(errors, "short-buffer", msg);
+        return push_error(items, "short-buffer", msg);
     }
     if (area_check(a, addr, RPMSG_HDR_SIZE) < 0) return -1;
     const unsigned char *h = a->p + addr;
@@ -274,12 +274,12 @@ static int decode_message(area_t *a, uint64_t addr, uint64_t capacity, uint64_t 
     if (length > capacity - RPMSG_HDR_SIZE) {
         snprintf(msg, sizeof msg, "header len %u exceeds the buffer at 0x%llx (%llu max)", (unsigned)length,
                  (unsigned long long)addr, (unsigned long long)(capacity - RPMSG_HDR_SIZE));
-        return push_error(errors, "header-length", msg);
+        return push_error(items, "header-length", msg);
     }
     if (area_check(a, addr + RPMSG_HDR_SIZE, length) < 0) return -1;
     PyObject *t = Py_BuildValue("(IIy#)", src, dst, (const char *)(a->p + addr + RPMSG_HDR_SIZE), (Py_ssize_t)length);
     if (t == NULL) return -1;
-    int r = PyList_Append(events, t);
+    int r = PyList_Append(items, t);
     Py_DECREF(t);
     return r;
 }
@@ -502,18 +502,19 @@ static PyObject *driver_get_used_py(DriverRing *self, PyObject *unused) {
 }
 
 /* RpmsgVirtio._poll_driver without the name-service split:
- * rx_batch(buffer_size) -> ([(src, dst, payload)], [(kind, message)], more, kick). */
+ * rx_batch(buffer_size) -> (items, more, kick); items are events (src, dst, payload) and error entries
+ * (kind, message) in the order met (the last error must be the reference's last). */
 static PyObject *driver_rx_batch(DriverRing *self, PyObject *arg) {
     unsigned long long buffer_size = PyLong_AsUnsignedLongLong(arg);
     if (buffer_size == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
-    PyObject *events = PyList_New(0), *errors = PyList_New(0);
+    PyObject *events = PyList_New(0);
     uint64_t *repost_addr = PyMem_Malloc(self->q.num * sizeof(uint64_t));
     uint32_t *repost_len = PyMem_Malloc(self->q.num * sizeof(uint32_t));
     area_t a;
     int opened = 0, more = 0, kick = 0;
     uint32_t nrepost = 0;
     char msg[ERRMSG];
-    if (events == NULL || errors == NULL) goto fail;
+    if (events == NULL) goto fail;
     if (repost_addr == NULL || repost_len == NULL) {
         PyErr_NoMemory();
         goto fail;
@@ -529,15 +530,15 @@ static PyObject *driver_rx_batch(DriverRing *self, PyObject *arg) {
         ring_err_t e;
         int r = driver_get_used(self, &a, &head, &addr, &buflen, &used_len, &e);
         if (r == 2) {
-            if (push_error(errors, "used-ring", e.msg) < 0) goto fail;
+            if (push_error(events, "used-ring", e.msg) < 0) goto fail;
             continue;
         }
         if (r == 0) break;
         if (used_len > buflen) {
             snprintf(msg, sizeof msg, "used len %u exceeds the buffer length %u", used_len, buflen);
-            if (push_error(errors, "used-length", msg) < 0) goto fail;
+            if (push_error(events, "used-length", msg) < 0) goto fail;
         } else if (used_len >= RPMSG_HDR_SIZE) {
-            if (decode_message(&a, addr, used_len, buffer_size, events, errors) < 0) goto fail;
+            if (decode_message(&a, addr, used_len, buffer_size, events) < 0) goto fail;
         }
         repost_addr[nrepost] = addr;
         repost_len[nrepost] = buflen;
@@ -553,13 +554,12 @@ static PyObject *driver_rx_batch(DriverRing *self, PyObject *arg) {
     area_close(&a);
     PyMem_Free(repost_addr);
     PyMem_Free(repost_len);
-    return Py_BuildValue("(NNNN)", events, errors, PyBool_FromLong(more), PyBool_FromLong(kick));
+    return Py_BuildValue("(NNN)", events, PyBool_FromLong(more), PyBool_FromLong(kick));
 fail:
     if (opened) area_close(&a);
     PyMem_Free(repost_addr);
     PyMem_Free(repost_len);
     Py_XDECREF(events);
-    Py_XDECREF(errors);
     return NULL;
 }
 
@@ -889,11 +889,11 @@ static PyObject *device_put_used_py(DeviceRing *self, PyObject *args, PyObject *
 static PyObject *device_rx_batch(DeviceRing *self, PyObject *arg) {
     unsigned long long buffer_size = PyLong_AsUnsignedLongLong(arg);
     if (buffer_size == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
-    PyObject *events = PyList_New(0), *errors = PyList_New(0);
+    PyObject *events = PyList_New(0);
     area_t a;
     int opened = 0, more = 0, kick = 0;
     uint32_t returned = 0;
-    if (events == NULL || errors == NULL) goto fail;
+    if (events == NULL) goto fail;
     if (queue_open(&self->q, &a) < 0) goto fail;
     opened = 1;
     uint32_t i;
@@ -904,7 +904,7 @@ static PyObject *device_rx_batch(DeviceRing *self, PyObject *arg) {
         ring_err_t e;
         int r = device_get_available(self, &a, &head, &addr, &length, &flags, &e);
         if (r == 2) {
-            if (push_error(errors, "avail-ring", e.msg) < 0) goto fail;
+            if (push_error(events, "avail-ring", e.msg) < 0) goto fail;
             if (e.head >= 0) {
                 device_put_used(self, &a, (uint32_t)e.head, 0, 0);
                 returned++;
@@ -912,7 +912,7 @@ static PyObject *device_rx_batch(DeviceRing *self, PyObject *arg) {
             continue;
         }
         if (r == 0) break;
-        if (decode_message(&a, addr, length, buffer_size, events, errors) < 0) goto fail;
+        if (decode_message(&a, addr, length, buffer_size, events) < 0) goto fail;
         device_put_used(self, &a, head, length, 0);
         returned++;
     }
@@ -922,11 +922,10 @@ static PyObject *device_rx_batch(DeviceRing *self, PyObject *arg) {
         if (device_needs_kick(self, &a)) kick = 1;
     }
     area_close(&a);
-    return Py_BuildValue("(NNNN)", events, errors, PyBool_FromLong(more), PyBool_FromLong(kick));
+    return Py_BuildValue("(NNN)", events, PyBool_FromLong(more), PyBool_FromLong(kick));
 fail:
     if (opened) area_close(&a);
     Py_XDECREF(events);
-    Py_XDECREF(errors);
     return NULL;
 }
 

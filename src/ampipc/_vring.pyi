@@ -23,10 +23,8 @@ class DriverRing:
     def needs_kick(self) -> bool: ...
     def has_used(self) -> bool: ...
     def get_used(self) -> tuple[int, int, int, int] | None: ...
-    def rx_batch(
-        self, buffer_size: int, /
-    ) -> tuple[list[tuple[int, int, bytes]], list[tuple[str, str]], bool, bool]:
-        """One receive poll: (events (src, dst, payload), errors (kind, message), more pending, kick)."""
+    def rx_batch(self, buffer_size: int, /) -> tuple[list[tuple[int, int, bytes] | tuple[str, str]], bool, bool]:
+        """One receive poll: (events (src, dst, payload) and errors (kind, message) in order, more pending, kick)."""
     def reclaim(self) -> tuple[list[tuple[int, int]], list[tuple[str, str]]]:
         """Every returned transmit buffer as (addr, buffer length), and the errors met."""
     def add_message(self, addr: int, buflen: int, src: int, dst: int, payload: Buffer, /) -> bool:
@@ -53,10 +51,8 @@ class DeviceRing:
     def has_available(self) -> bool: ...
     def get_available(self) -> tuple[int, int, int, int] | None: ...
     def put_used(self, head: int, length: int, *, publish: bool = True) -> None: ...
-    def rx_batch(
-        self, buffer_size: int, /
-    ) -> tuple[list[tuple[int, int, bytes]], list[tuple[str, str]], bool, bool]:
-        """One receive poll: (events (src, dst, payload), errors (kind, message), more pending, kick)."""
+    def rx_batch(self, buffer_size: int, /) -> tuple[list[tuple[int, int, bytes] | tuple[str, str]], bool, bool]:
+        """One receive poll: (events (src, dst, payload) and errors (kind, message) in order, more pending, kick)."""
     def put_message(self, head: int, addr: int, length: int, src: int, dst: int, payload: Buffer, /) -> bool:
         """Write the header and payload at addr, return the held head used; True if the driver wants a kick."""
 

@@ -14,6 +14,7 @@ import dataclasses
 import random
 import struct
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pytest
@@ -44,7 +45,7 @@ def guarded_area(size: int) -> tuple[bytearray, memoryview]:
     return big, memoryview(big)[GUARD : GUARD + size]
 
 
-def outcome(call: Callable[[], Any]) -> tuple[str, Any]:
+def outcome(call: Callable[[], Any]) -> tuple[Any, ...]:
     """What a call did, in a form both paths must match exactly."""
     try:
         return ("ok", call())
@@ -104,7 +105,7 @@ def test_rings_match_the_reference_byte_for_byte(num: int, ops: list[tuple[Any, 
             call: Callable[[], Any]
             if kind == "add":
                 _, addr, length, writable, publish = op
-                call = lambda d=drv: d.add(addr, length, writable, publish=publish)  # noqa: E731
+                call = partial(drv.add, addr, length, writable, publish=publish)
             elif kind == "drv_publish":
                 call = drv.publish
             elif kind == "get_used":
@@ -116,7 +117,7 @@ def test_rings_match_the_reference_byte_for_byte(num: int, ops: list[tuple[Any, 
             elif kind == "reset":
                 call = drv.reset
             elif kind == "no_interrupt":
-                call = lambda d=drv: d.set_no_interrupt(op[1])  # noqa: E731
+                call = partial(drv.set_no_interrupt, op[1])
             elif kind == "get_available":
                 call = dev.get_available
             elif kind == "dev_publish":
@@ -128,14 +129,14 @@ def test_rings_match_the_reference_byte_for_byte(num: int, ops: list[tuple[Any, 
             elif kind == "attach":
                 call = dev.attach
             elif kind == "put_used":
-                call = lambda d=dev: d.put_used(op[1], op[2], publish=op[3])  # noqa: E731
+                call = partial(dev.put_used, op[1], op[2], publish=op[3])
             elif kind == "put_held":
                 if not held:
                     continue
                 head = held[op[1] % len(held)]
-                call = lambda d=dev, h=head: d.put_used(h, op[2], publish=op[3])  # noqa: E731
+                call = partial(dev.put_used, head, op[2], publish=op[3])
             elif kind == "no_notify":
-                call = lambda d=dev: d.set_no_notify(op[1])  # noqa: E731
+                call = partial(dev.set_no_notify, op[1])
             else:  # scribble: the same bytes land in both images
                 _, off, width, value = op
                 where = DA + off
@@ -179,7 +180,7 @@ def test_geometry_refused_alike() -> None:
         W.VringGeometry(AREA - 64, 8, 16),
         W.VringGeometry(DA, 65536, 16),
     ):
-        results = [outcome(lambda f=fast: make_driver_queue(window, geometry, "v", fast=f)) for fast in (False, True)]
+        results = [outcome(partial(make_driver_queue, window, geometry, "v", fast=fast)) for fast in (False, True)]
         assert results[0][0] == results[1][0] == "raised"
         assert results[0][1:] == results[1][1:]
         assert results[0][1] == "ProtocolError"
@@ -261,6 +262,10 @@ def last_message(mem: memoryview, direction: str, num: int) -> int:
     return image.u64(geometry.da + 16 * head) % (len(mem) - 16)
 
 
+def both(first: Callable[[], Any], second: Callable[[], Any]) -> tuple[Any, Any]:
+    return first(), second()
+
+
 def link_state(link: RpmsgVirtio) -> dict[str, Any]:
     return {"stats": dataclasses.asdict(link.statistics), "more": link.more_pending}
 
@@ -283,9 +288,9 @@ def test_links_match_the_reference_byte_for_byte(ops: list[tuple[Any, ...]], see
         for (drv, dev), mem in ((py, area_a), (fast, area_b)):
             call: Callable[[], Any]
             if kind == "drv_send":
-                call = lambda d=drv: d.try_send(0x400, op[2], payload)  # noqa: E731
+                call = partial(drv.try_send, 0x400, op[2], payload)
             elif kind == "dev_send":
-                call = lambda d=dev: d.try_send(0x400, op[2], payload)  # noqa: E731
+                call = partial(dev.try_send, 0x400, op[2], payload)
             elif kind == "drv_poll":
                 call = drv.poll
             elif kind == "dev_poll":
@@ -293,12 +298,12 @@ def test_links_match_the_reference_byte_for_byte(ops: list[tuple[Any, ...]], see
             elif kind == "drv_reclaim":
                 call = drv.reclaim
             elif kind == "kicks":
-                call = lambda d=drv, v=dev: (d.take_kick(), v.take_kick())  # noqa: E731
+                call = partial(both, drv.take_kick, dev.take_kick)
             elif kind == "has_tx":
-                call = lambda d=drv, v=dev: (d.has_tx_buffer(), v.has_tx_buffer())  # noqa: E731
+                call = partial(both, drv.has_tx_buffer, dev.has_tx_buffer)
             elif kind == "ns":
                 side = drv if op[1] == "drv" else dev
-                call = lambda s=side: s.send_ns("svc", 0x400, destroy=op[2])  # noqa: E731
+                call = partial(side.send_ns, "svc", 0x400, destroy=op[2])
             elif kind == "hdr_len":
                 _, direction, value = op
                 where = last_message(mem, direction, num) + 12

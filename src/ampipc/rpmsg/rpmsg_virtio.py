@@ -334,14 +334,15 @@ class RpmsgVirtio:
         st.bytes_received += length
         events.append(Message(src, dst, payload))
 
-    def _take_batch(self, batch: tuple[list[tuple[int, int, bytes]], list[tuple[str, str]], bool, bool]) -> list[Event]:
+    def _take_batch(self, batch: tuple[list[tuple[int, int, bytes] | tuple[str, str]], bool, bool]) -> list[Event]:
         """The result of a C receive poll, through the same error and event handling as the loops below."""
-        raw, errors, self._more, kick = batch
-        for kind, message in errors:
-            self._error(kind, message)
+        items, self._more, kick = batch
         events: list[Event] = []
-        for src, dst, payload in raw:
-            self._event(src, dst, payload, events)
+        for item in items:
+            if len(item) == 3:
+                self._event(*item, events)
+            else:
+                self._error(*item)
         if kick:
             self._kick = True
         return events
