@@ -216,3 +216,15 @@ def test_directive_record_checks() -> None:
         ProcessingDirective(1, "<f4", params=(1, 2, 3, 4, 5))
     with pytest.raises(ValueError):
         ProcessingDirective(-1, "<f4")
+
+
+def test_a_closed_pool_refuses_loans_commits_and_cancels(region: Any) -> None:
+    pool, buf = _pool(region)
+    loan = pool.loan(timeout=0)
+    other = PayloadPool.attach(region, "pool")
+    pool.close()  # gives the loan back
+    for call in (lambda: pool.commit(loan, buf), lambda: pool.cancel(loan), pool.try_loan):
+        with pytest.raises(IpcError):
+            call()
+    assert [state for _, state, _ in other.owners()] == ["free"] * 4
+    other.close()

@@ -464,6 +464,7 @@ class PayloadPool:
         dtype and shape come from the last `Loan.array` call; otherwise the payload is `length` bytes
         (default: the whole slot) of ``|u1``. If the send fails the loan stays valid.
         """
+        self._check_open()
         loan._check()
         if loan.pool is not self:
             raise ValueError("the loan belongs to another pool")
@@ -513,6 +514,7 @@ class PayloadPool:
 
     def cancel(self, loan: Loan) -> None:
         """Return a loaned slot unused."""
+        self._check_open()
         loan._check()
         pid, _ = self._pid()
         if self._core is not None:
