@@ -95,7 +95,8 @@ static int probe_waitv(void) {
 
 /* ---- one chunk (<= 128 words) ---------------------------------------------------------------- */
 
-/* Returns the index woken (>= 0), -1 if a value differed, -2 at the deadline, -3 on EINTR. */
+/* Returns the index woken (>= 0), -1 if a value differed, -2 at the deadline, -3 on EINTR,
+ * -5 when another chunk stopped this one (it has nothing to report itself). */
 static int waitv_chunk(const word_t *words, int n, uint32_t *stop, int64_t deadline) {
     struct futex_waitv w[KERNEL_MAX_WORDS];
     int k = 0;
@@ -113,8 +114,14 @@ static int waitv_chunk(const word_t *words, int n, uint32_t *stop, int64_t deadl
         k++;
     }
     long r = sys_futex_waitv(w, (unsigned)k, deadline);
-    if (r >= 0) return (stop != NULL && r == n) ? -1 : (int)r;
-    if (errno == EAGAIN) return -1;
+    if (r >= 0) return (stop != NULL && r == n) ? -5 : (int)r;
+    if (errno == EAGAIN) {
+        if (stop == NULL) return -1;
+        /* the stop word or one of ours: only ours counts as news */
+        for (int i = 0; i < n; i++)
+            if (__atomic_load_n(words[i].addr, __ATOMIC_SEQ_CST) != words[i].expected) return -1;
+        return -5;
+    }
     if (errno == ETIMEDOUT) return -2;
     return -3;
 }
@@ -175,11 +182,13 @@ static int waitv_many(const word_t *words, int n, int64_t deadline) {
         }
     }
     chunk_thread(&jobs[0]);
-    int result = jobs[0].result;
+    int result;
     for (int c = 1; c < chunks; c++) {
         if (started[c]) pthread_join(threads[c], NULL);
     }
-    /* prefer a woken index, then "a value differed", then EINTR, then the deadline */
+    /* prefer a woken index, then "a value differed", then EINTR, then the deadline; a chunk that
+     * was only stopped by another has nothing to say */
+    result = -2;
     for (int c = 0; c < chunks; c++) {
         int r = jobs[c].result;
         if (r >= 0) {

@@ -55,7 +55,6 @@ from .waiting import (
     READABLE,
     SLICE,
     WRITABLE,
-    _peer_closed,
     _Source,
     _source_for,
     wait_entries,
@@ -97,11 +96,19 @@ class _Interest:
         self.obj = obj
         self.source = source
         self.events = events
-        self.waiters: list[asyncio.Future[None]] = []
+        self.waiters: deque[asyncio.Future[bool]] = deque()
 
 
 class _Waker:
-    """One per event loop: a thread sleeping on every awaited object's words, reporting through an eventfd."""
+    """One per event loop: a thread sleeping on every awaited object's words, reporting through an eventfd.
+
+    An object the thread reported ready is *handed over* to the loop (``reported``): the thread stops
+    watching it and the loop wakes its waiters one at a time. The woken waiter makes its attempt;
+    if it got something it hands the object on to the next waiter (there may be more), if it got
+    nothing it hands the object back to the thread (`rearm`). So n waiters on one buffer cost O(n)
+    wake-ups per message burst, not O(n) per message; a woken waiter that is cancelled before it
+    runs hands on too, so no readiness is lost with it.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -121,24 +128,29 @@ class _Waker:
 
     # ---- loop thread ---------------------------------------------------------------------------
 
-    def add(self, obj: object, events: int) -> tuple[_Key, asyncio.Future[None]]:
+    def add(self, obj: object, events: int, *, rearm: bool = False) -> tuple[_Key, asyncio.Future[bool]]:
+        """A new waiter for (obj, events); `rearm`: also hand the object back to the thread."""
         key = (id(obj), events)
-        fut: asyncio.Future[None] = self.loop.create_future()
+        fut: asyncio.Future[bool] = self.loop.create_future()
         with self.lock:
             interest = self.interests.get(key)
-            new = interest is None
+            poke = rearm and key in self.reported
             if interest is None:
                 cached = self.sources.get(id(obj))
                 if cached is None or cached[0] is not obj:
                     cached = (obj, _source_for(obj))
                     self.sources[id(obj)] = cached
                 interest = self.interests[key] = _Interest(obj, cached[1], events)
+                poke = True
             interest.waiters.append(fut)
-        if new:
+            if rearm:
+                self.reported.discard(key)
+        if poke:
             self._poke()
         return key, fut
 
-    def remove(self, key: _Key, fut: asyncio.Future[None]) -> None:
+    def remove(self, key: _Key, fut: asyncio.Future[bool]) -> None:
+        """A waiter that was not woken by a report goes away (cancelled, or its timer fired)."""
         with self.lock:
             interest = self.interests.get(key)
             if interest is None:
@@ -146,9 +158,40 @@ class _Waker:
             with contextlib.suppress(ValueError):
                 interest.waiters.remove(fut)
             if not interest.waiters:
-                del self.interests[key]
-                if not any(k[0] == key[0] for k in self.interests):
-                    self.sources.pop(key[0], None)
+                self._drop(key)
+
+    def release(self, key: _Key, *, got_something: bool) -> None:
+        """A waiter woken by a report is done: hand the object on to the next waiter, or back to the thread."""
+        with self.lock:
+            if got_something:
+                self._wake_next(key)
+                return
+            interest = self.interests.get(key)
+            if interest is None or not interest.waiters:
+                if interest is not None:
+                    self._drop(key)
+                self.reported.discard(key)
+                return
+            self.reported.discard(key)
+        self._poke()
+
+    def _drop(self, key: _Key) -> None:  # with the lock held
+        del self.interests[key]
+        self.reported.discard(key)
+        if not any(k[0] == key[0] for k in self.interests):
+            self.sources.pop(key[0], None)
+
+    def _wake_next(self, key: _Key) -> None:  # with the lock held; the object stays handed over
+        interest = self.interests.get(key)
+        if interest is None:
+            self.reported.discard(key)
+            return
+        while interest.waiters:
+            fut = interest.waiters.popleft()
+            if not fut.done():
+                fut.set_result(True)
+                return
+        self._drop(key)
 
     def _poke(self) -> None:
         _waitv.fetch_add(self.control, 0, 1)
@@ -160,15 +203,8 @@ class _Waker:
         with self.lock:
             keys = list(self.fired)
             self.fired.clear()
-            self.reported.difference_update(keys)
-            woken = [self.interests.pop(k) for k in keys if k in self.interests]
-            for interest in woken:
-                if not any(k[0] == id(interest.obj) for k in self.interests):
-                    self.sources.pop(id(interest.obj), None)
-        for interest in woken:
-            for fut in interest.waiters:
-                if not fut.done():
-                    fut.set_result(None)
+            for key in keys:
+                self._wake_next(key)
 
     def stop(self) -> None:
         if self.stopping:
@@ -275,29 +311,51 @@ async def _wait_until(
     """Repeat `attempt` (non-blocking; _NOTHING when not possible) each time `obj` becomes ready."""
     waker = _waker_for(loop)
     last_check = time.monotonic()
+    woken = False  # holding the object the waker handed over (see _Waker)
     while True:
-        key, fut = waker.add(obj, events)
+        key, fut = waker.add(obj, events, rearm=woken)
         timer = None if deadline is None else loop.call_at(loop.time() + (deadline - time.monotonic()), _expire, fut)
         try:
-            await fut
+            woken = await fut
+        except BaseException:  # cancelled: a hand-over that came meanwhile goes on to the next waiter
+            if fut.done() and not fut.cancelled() and fut.result():
+                waker.release(key, got_something=True)
+            else:
+                waker.remove(key, fut)
+            raise
         finally:
             if timer is not None:
                 timer.cancel()
-            waker.remove(key, fut)  # a no-op when the waker's report already resolved it
-        result = attempt()
+        if not woken:
+            waker.remove(key, fut)  # the timer fired
+        try:
+            result = attempt()
+        except BaseException:
+            if woken:
+                waker.release(key, got_something=True)  # let the next waiter find out too
+            raise
         if result is not _NOTHING:
+            if woken:
+                waker.release(key, got_something=True)
             return result
         now = time.monotonic()
         if deadline is not None and now >= deadline:
+            if woken:
+                waker.release(key, got_something=False)
             return on_deadline()
         if peer_check is not None and now - last_check >= SLICE:
             last_check = now
-            peer_check()
+            try:
+                peer_check()
+            except BaseException:
+                if woken:
+                    waker.release(key, got_something=False)
+                raise
 
 
-def _expire(fut: asyncio.Future[None]) -> None:
+def _expire(fut: asyncio.Future[bool]) -> None:
     if not fut.done():
-        fut.set_result(None)
+        fut.set_result(False)
 
 
 def _deadline_of(timeout: float | None) -> float | None:
@@ -321,12 +379,7 @@ def _may_spin(loop: asyncio.AbstractEventLoop, buf: MessageBuffer | StreamBuffer
 
 
 def _reader_check(buf: MessageBuffer | StreamBuffer) -> Callable[[], None]:
-    def check() -> None:
-        if _peer_closed(buf, reading=True):
-            buf.receive(timeout=0) if isinstance(buf, MessageBuffer) else buf.read(1, timeout=0)
-        buf._check_peer(1)
-
-    return check
+    return lambda: buf._check_peer(1)
 
 
 def _writer_check(buf: MessageBuffer | StreamBuffer) -> Callable[[], None]:
@@ -350,12 +403,8 @@ async def _receive(loop: asyncio.AbstractEventLoop, buf: MessageBuffer, timeout:
         raise Timeout(f"timed out waiting to receive on buffer {buf.name!r}")
 
     def attempt() -> bytes:
-        m = buf.try_receive()
-        if m is None:
-            if _peer_closed(buf, reading=True):
-                buf.receive(timeout=0)  # drained and closed: raises PeerClosed
-            return _NOTHING  # type: ignore[no-any-return]
-        return m
+        m = buf.try_receive()  # drained and the writer closed: raises PeerClosed (like EOF)
+        return _NOTHING if m is None else m
 
     def expired() -> bytes:
         raise Timeout(f"timed out waiting to receive on buffer {buf.name!r}")
@@ -370,11 +419,10 @@ def receive(buf: MessageBuffer, timeout: float | None = None) -> Coroutine[Any, 
 
 async def _receive_into(loop: asyncio.AbstractEventLoop, buf: MessageBuffer, into: Any, timeout: float | None) -> int:
     def attempt() -> int:
-        if buf.next_length is None:
-            if _peer_closed(buf, reading=True):
-                buf.receive(timeout=0)
+        try:  # BufferTooSmall leaves the message in place; drained and closed: PeerClosed
+            return buf.receive_into(into, timeout=0)
+        except TimeoutError:
             return _NOTHING  # type: ignore[no-any-return]
-        return buf.receive_into(into, timeout=0)  # BufferTooSmall leaves the message in place
 
     got = attempt()
     if got is not _NOTHING:
@@ -404,12 +452,8 @@ async def _send(loop: asyncio.AbstractEventLoop, buf: MessageBuffer, data: Any, 
             pass
     deadline = _deadline_of(timeout)
 
-    def attempt() -> None:
-        if buf.try_send(data):
-            return None
-        if _peer_closed(buf, reading=False):
-            buf.send(data, timeout=0)  # raises PeerClosed
-        return _NOTHING  # type: ignore[no-any-return]
+    def attempt() -> Any:
+        return None if buf.try_send(data) else _NOTHING  # the reader closed: PeerClosed at once
 
     def expired() -> None:
         raise Timeout(f"timed out waiting to send on buffer {buf.name!r}")
@@ -454,9 +498,7 @@ async def _read(loop: asyncio.AbstractEventLoop, buf: StreamBuffer, max_bytes: i
     deadline = _deadline_of(timeout)
 
     def attempt() -> bytes:
-        data = buf.try_read(max_bytes)
-        if not data and _peer_closed(buf, reading=True):
-            buf.read(max_bytes, timeout=0)
+        data = buf.try_read(max_bytes)  # drained and the writer closed: raises PeerClosed
         return data if data else _NOTHING
 
     return await _wait_until(
@@ -568,7 +610,7 @@ def attach() -> None:
         (Endpoint, "receive_async", endpoint_receive),
     ]
     for cls, name, func in additions:
-        if name not in vars(cls):  # a method the class defines itself wins
+        if not hasattr(cls, name):  # a method the class (or a base) defines itself wins
             setattr(cls, name, func)
     _ATTACHED = True
 

@@ -113,6 +113,13 @@ class Channel:
         self.ipc.send(self.channel, data, timeout=timeout)
 
 
+# The close flags of the ring header's line 3 (stored by a side's close(), cleared when a new
+# holder takes the role or, for the reader, once PeerClosed has been reported).
+_OFF_WRITER_CLOSED = L.RING_OFF_WRITER_CLOSED
+_OFF_READER_CLOSED = L.RING_OFF_READER_CLOSED
+_OFF_PREFIX = 20  # u32 prefix size, a constant of the header's line 0 (see ampipc._layout)
+
+
 # ---- sources: one per waitable object, knowing its words ------------------------------------------
 
 
@@ -126,7 +133,7 @@ class _Source(Protocol):
 class _RingSource:
     """A MessageBuffer or StreamBuffer: the same words and protocol as the C core's blocking calls."""
 
-    __slots__ = ("buffer", "mapping", "head", "tail", "rx_flag", "tx_flag", "trigger", "length", "is_message")
+    __slots__ = ("buffer", "mapping", "head", "tail", "rx_flag", "tx_flag", "trigger", "length", "is_message", "room")
 
     def __init__(self, buffer: MessageBuffer | StreamBuffer) -> None:
         self.buffer = buffer
@@ -137,10 +144,18 @@ class _RingSource:
         self.rx_flag = base + L.RING_OFF_RX_WAITING
         self.tx_flag = base + L.RING_OFF_TX_WAITING
         self.trigger = base + L.RING_OFF_TRIGGER
-        self.length = buffer.capacity + 1  # raises RegionClosed on a closed region
+        self.length = buffer.capacity + 1
         self.is_message = isinstance(buffer, MessageBuffer)
+        # the message length prefix is 1, 2, 4 or 8 bytes (a creation option); writable = a 1-byte message fits
+        prefix = self.mapping.load_u32(base + _OFF_PREFIX) if self.is_message else 0
+        self.room = prefix if prefix in L.PREFIX_WIDTHS else L.PREFIX_SIZE
+        if not self.is_message:
+            self.room = 0
+        self.mapping.load_u32(self.head)  # RegionClosed now, at registration, for a closed region
 
     def ready(self, events: int) -> int:
+        if getattr(self.buffer, "closed", False):
+            raise RegionClosed(f"buffer {self.buffer.name!r} was closed")
         m = self.mapping
         head = m.load_u32(self.head)
         tail = m.load_u32(self.tail)
@@ -159,7 +174,7 @@ class _RingSource:
                 mask |= READABLE
         if events & WRITABLE:
             spaces = (tail - head - 1) if tail > head else length + tail - head - 1
-            if spaces > (L.PREFIX_SIZE if self.is_message else 0) or _peer_closed(self.buffer, reading=False):
+            if spaces > self.room or _peer_closed(self.buffer, reading=False):
                 mask |= WRITABLE
         return mask
 
@@ -195,12 +210,12 @@ class _RingSource:
         return mask
 
 
+
+
 def _peer_closed(buffer: MessageBuffer | StreamBuffer, *, reading: bool) -> bool:
-    """Whether the other side closed in an orderly way (the buffer's close API, where present)."""
-    flag = getattr(buffer, "writer_closed" if reading else "reader_closed", None)
-    if flag is None:
-        flag = getattr(buffer, "peer_closed", False)
-    return bool(flag)
+    """Whether the other side closed in an orderly way: the writer (for a reader) or the reader."""
+    off = _OFF_WRITER_CLOSED if reading else _OFF_READER_CLOSED
+    return bool(buffer.region.mapping.load_u32(buffer.offset + off))
 
 
 class _ChannelSource:
@@ -341,6 +356,7 @@ class _EndpointSource:
 
 Waitable = MessageBuffer | StreamBuffer | Channel | Ipc | Endpoint | Core
 """What `wait_any` and `Selector` accept."""
+_WAITABLE_TYPES = (MessageBuffer, StreamBuffer, Channel, Ipc, Endpoint, Core)
 
 
 def _source_for(obj: object) -> _Source:
@@ -426,8 +442,12 @@ def wait_entries(
 
 def _normalise(waitables: Iterable[object]) -> tuple[list[object], list[tuple[_Source, int]]]:
     """Merge duplicate objects (their events or-ed together) and build one source per object."""
-    if isinstance(waitables, (str, bytes)) or not isinstance(waitables, Iterable):
-        raise TypeError(f"wait_any needs an iterable of waitables, not {type(waitables).__name__}")
+    # a buffer is iterable itself (its messages): taken for a list of waitables it would block forever
+    if isinstance(waitables, (str, bytes, *_WAITABLE_TYPES)) or not isinstance(waitables, Iterable):
+        raise TypeError(
+            f"wait_any needs an iterable of waitables (a list), not {type(waitables).__name__}; "
+            "for one object write wait_any([obj])"
+        )
     order: list[object] = []
     masks: dict[int, int] = {}
     for item in waitables:
