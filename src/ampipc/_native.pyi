@@ -176,7 +176,11 @@ class Notifier:
         line: int,
         counters: StrategyCounters,
         fallback: Callable[[Any], object],
+        hsem_taken: int = 0,
+        hsem_cores: Sequence[int] = (),
     ) -> None: ...
+    @property
+    def fallback(self) -> Callable[[Any], object]: ...
     def __call__(self, buffer: Ring, /) -> None: ...
 
 class TaskIsr:
@@ -192,6 +196,6 @@ class TaskIsr:
         pending: int,
         handled: int,
         line: int,
-        table: Sequence[tuple[Any, ...]],
+        table: Sequence[Any],
     ) -> None: ...
     def __call__(self) -> bool: ...

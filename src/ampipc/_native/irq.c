@@ -279,6 +279,9 @@ static int control_write_record(RingObject *cb, const unsigned char *record) {
     st32_rel(h + OFF_HEAD, head);
     bump64(h + OFF_MSGS_IN, 1);
     bump64(h + OFF_BYTES_IN, CONTROL_RECORD_SIZE);
+    ring_state after = {head, s.tail, cb->length};
+    uint32_t fill = st_avail(&after);
+    if ((uint64_t)fill > ld64_rlx(h + OFF_PEAK)) st64_rlx(h + OFF_PEAK, fill);
     return 1;
 }
 
@@ -385,6 +388,11 @@ static void notifier_dealloc(NotifierObject *n) {
     Py_TYPE(n)->tp_free((PyObject *)n);
 }
 
+static PyMemberDef notifier_members[] = {
+    {"fallback", T_OBJECT, offsetof(NotifierObject, fallback), READONLY, "The Python hook this mirrors."},
+    {NULL, 0, 0, 0, NULL},
+};
+
 static PyTypeObject NotifierType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "ampipc._native.Notifier",
@@ -393,6 +401,7 @@ static PyTypeObject NotifierType = {
     .tp_call = (ternaryfunc)notifier_call,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "Notifier(...): a strategy's completion hook in C (see ampipc.notify).",
+    .tp_members = notifier_members,
     .tp_traverse = (traverseproc)notifier_traverse,
     .tp_clear = (inquiry)notifier_clear,
     .tp_init = (initproc)notifier_init,

@@ -253,6 +253,7 @@ class Strategy(ABC):
         self._by_id: dict[int, DataBuffer] = {b.buffer_id: b for b in self.buffers}
         self.counters = StrategyCounters()
         self.native_counters = _native.StrategyCounters()
+        self._task_isr: _native.TaskIsr | None = None
         self.installed = False
         if core.name not in self.event_map.cores:
             raise ValueError(f"core {core.name!r} neither writes nor reads any of the buffers")

@@ -106,6 +106,7 @@ class HsemStrategy(Strategy):
             table=(me + R.C_HSEM_IER, me + R.C_HSEM_ISR,
                    [(self.ids[(b.buffer_id, kind)], b.buffer, kind.value) for b, kind in self._incoming()]),
         )
+        self._task_isr = isr
         for b, _kind in self._incoming():
             b.buffer._set_isr(isr)
         hsem.set_free_callback(self._on_free)

@@ -153,6 +153,7 @@ class ToggleStrategy(Strategy):
             strategy=1, mapping=self.region.mapping, gate=self.core._gate, counters=self.native_counters,
             pending=pending, handled=handled, line=self.options.irq_line, table=table,
         )
+        self._task_isr = isr
         for b, _kind in self._incoming():
             b.buffer._set_isr(isr)
 

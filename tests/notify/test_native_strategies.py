@@ -1,0 +1,138 @@
+"""The C halves of the built-in strategies against their Python reference, and the line serviced by
+the blocked task.
+
+Mirror tests: two identical regions; in one the C hooks (Notifier) and the C handler (TaskIsr) run,
+in the other the Python reference (the hook each Notifier stands for, and the strategy's handler as
+the dispatcher would run it). After every step the two regions' bytes must be identical.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from notify_workers import TIMEOUT
+
+from ampipc import Region
+from ampipc.hw import _regs as R
+from ampipc.ipc import Ipc
+from ampipc.notify import StrategyOptions
+from ampipc.notify.base import EventKind
+
+STRATEGIES = ["toggle", "control", "hsem"]
+
+
+@contextmanager
+def _pair(name: str, strategy: str, options: StrategyOptions) -> Iterator[tuple[Region, Ipc, Ipc]]:
+    with Region.create(name, 1 << 20) as region:
+        with Ipc.init(region, channels=3, buffer_size=200, strategy=strategy, options=options) as cm7, \
+                Ipc.attach(region, core="CM4") as cm4:
+            cm7.strategy.install()  # hooks and handlers, without starting the dispatchers
+            cm4.strategy.install()
+            yield region, cm7, cm4
+
+
+def _python_dispatch(ipc: Ipc, line: int) -> None:
+    """What the dispatcher does for one line: take its pending bit, run the Python handler, count it."""
+    core = ipc.core
+    m = core._mapping
+    if not m.fetch_and_u32(core._block + R.C_PENDING, ~(1 << line) & R.WORD_MASK) & (1 << line):
+        return
+    handler = core._handler_for(line)
+    assert handler is not None
+    handler[1](line)
+    m.fetch_add_u64(core._block + R.C_HANDLED, 1)
+
+
+def _use_python_hooks(ipc: Ipc) -> None:
+    for b, kind in ipc.strategy._outgoing():
+        hook = b.buffer.on_send_completed if kind is EventKind.DATA_SENT else b.buffer.on_receive_completed
+        ipc.strategy._set_hook(b.buffer, kind, hook.fallback)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("seed", range(3))
+def test_c_half_leaves_the_same_bytes_as_the_reference(region_name: str, strategy: str, seed: int) -> None:
+    rng = random.Random(seed)
+    line = R.IRQ_HSEM if strategy == "hsem" else StrategyOptions().irq_line
+    options = StrategyOptions(control_records=2) if strategy == "control" else StrategyOptions()
+    with _pair(region_name + "c", strategy, options) as (rc, c7, c4), \
+            _pair(region_name + "p", strategy, options) as (rp, p7, p4):
+        _use_python_hooks(p7)
+        assert bytes(rc.view) == bytes(rp.view)
+        for step in range(300):
+            op = rng.random()
+            channel = rng.randrange(3)
+            if op < 0.6:  # a CM7 send: DATA_SENT through the hook
+                payload = bytes([step & 0xFF]) * rng.randrange(1, 40)
+                assert c7.try_send(channel, payload) == p7.try_send(channel, payload)
+            elif op < 0.8:  # the CM4 handles its line: C TaskIsr here, Python handler there
+                assert c4.strategy._task_isr is not None
+                c4.strategy._task_isr()
+                _python_dispatch(c4, line)  # what the task leaves (an overflow recovery) the dispatcher does
+                _python_dispatch(p4, line)
+            else:  # the CM4 drains a channel (its receive hooks: space-freed, raised only for a waiting writer)
+                c4.rx_buffer(channel).on_receive_completed = None
+                p4.rx_buffer(channel).on_receive_completed = None
+                assert c4.try_receive(channel) == p4.try_receive(channel)
+            assert bytes(rc.view) == bytes(rp.view), f"step {step}: the C half diverged from the reference"
+        c_stats, p_stats = c4.strategy.statistics(), p4.strategy.statistics()
+        assert c_stats["events_handled"] == p_stats["events_handled"] > 0
+        assert c_stats["interrupts"] == p_stats["interrupts"] and c_stats["serviced_by_task"] > 0
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_blocked_task_services_its_line(region: Region, strategy: str) -> None:
+    """The reader blocks; the writer's C hook rings; the reader's own thread runs the handler."""
+    with Ipc.init(region, channels=1, buffer_size=128, strategy=strategy) as cm7, Ipc.attach(region, core="CM4") as cm4:
+        cm7.start()
+        cm4.start()
+        cm4.rx_buffer(0).spin = cm7.rx_buffer(0).spin = 0.0
+        got: list[bytes] = []
+
+        def echo() -> None:
+            for _ in range(500):
+                got.append(cm4.receive(0, timeout=TIMEOUT))
+                cm4.send(0, got[-1], timeout=TIMEOUT)
+
+        t = threading.Thread(target=echo)
+        t.start()
+        for k in range(500):
+            cm7.send(0, b"%d" % k, timeout=TIMEOUT)
+            assert cm7.receive(0, timeout=TIMEOUT) == b"%d" % k
+        t.join(TIMEOUT)
+        assert got == [b"%d" % k for k in range(500)]
+        served = cm7.strategy.statistics()["serviced_by_task"] + cm4.strategy.statistics()["serviced_by_task"]
+        assert served > 0, "no blocked task ever serviced its line"
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_no_task_services_the_line_inside_a_critical_section(region: Region, strategy: str) -> None:
+    with Ipc.init(region, channels=1, buffer_size=128, strategy=strategy) as cm7, Ipc.attach(region, core="CM4") as cm4:
+        cm7.start()
+        cm4.start()
+        result: list[Any] = []
+        started = threading.Event()
+
+        def receive() -> None:
+            started.set()
+            result.append(cm4.receive(0, timeout=TIMEOUT))
+
+        with cm4.core.critical_section():  # "interrupts disabled" on the CM4
+            t = threading.Thread(target=receive)
+            t.start()
+            started.wait(TIMEOUT)
+            before = cm4.strategy.statistics()["interrupts"]
+            cm7.send(0, b"held", timeout=TIMEOUT)
+            # the doorbell is raised, but neither the dispatcher nor the blocked task may serve it yet
+            line = R.IRQ_HSEM if strategy == "hsem" else cm4.options.irq_line
+            deadline = threading.Event()
+            while not cm4.core.is_pending(line) and not deadline.wait(0.001):
+                pass
+            assert result == [] and cm4.strategy.statistics()["interrupts"] == before
+        t.join(TIMEOUT)
+        assert result == [b"held"]
