@@ -339,3 +339,21 @@ def test_registry_slots_return_to_free(make_region: Callable[..., Region]) -> No
         assert server.statistics().connections_opened == 5
     finally:
         server.close()
+
+
+def test_one_slot_serves_client_processes_one_after_another(make_region: Callable[..., Region], spawn: Any) -> None:
+    """A client process that exits closes its buffer sides; the next one on the same slot takes them over."""
+    region = make_region(2 << 20)
+    server = Server()
+    server.add(CheckService())
+    server.listen(region, "seq", slots=1)
+    results = spawn.ctx.Queue()
+    try:
+        for seed in range(3):
+            proc = spawn(client_calls, region.name, "seq", 1, 50, seed, results)
+            assert results.get(timeout=60) == (seed, 50, [])
+            assert spawn.join(proc, 60) == 0
+            wait_until(lambda: server.statistics().connections_active == 0)
+        assert server.statistics().connections_opened == 3
+    finally:
+        server.close()

@@ -303,6 +303,10 @@ def connect_slot(region: Region, service: str, *, timeout: float | None = 10.0) 
     m.fetch_add_u32(s + 16, 1)
     try:
         q, r = layout.buffers(index, create=True)
+        # Take the reader role of the reply buffer now: a previous client of this slot closed it
+        # (orderly close), and the server's Hello would be refused until a new reader receives.
+        while r.try_receive() is not None:
+            pass  # nothing should be left (the server emptied the slot); never read as ours
         link = BufferPairLink(q, r, peer_alive=layout.server_alive, peer="server",
                               description=f"{service}[{index}] client pid {pid}")
         link.send(_codec.encode(_codec.Hello(_codec.PROTOCOL_VERSION, pid, link.max_message)), 1.0)
