@@ -70,3 +70,73 @@ def drain_slowly(region_name: str, name: str, count: int) -> None:
                 time.sleep(0.05)
             got = buf.receive(timeout=TIMEOUT)
             assert got == message(9, 0, k), got
+
+
+def rpmsg_echo_device(region_name: str, link: str, service: str) -> None:
+    """The RPMsg device of a Region link: echo every message on `service` until the peer unbinds."""
+    import threading
+
+    from ampipc.rpmsg import Endpoint, open_region
+
+    with Region.attach(region_name) as region:
+        done = threading.Event()
+
+        def echo(ept: Endpoint, data: bytes, src: int) -> None:
+            ept.send_to(src, data)
+
+        device = open_region(region, link, "device", create=False, open_timeout=TIMEOUT)
+        try:
+            device.create_endpoint(service, echo, on_unbind=lambda ept: done.set())
+            if not done.wait(TIMEOUT):
+                raise SystemExit(3)
+        finally:
+            device.close()
+
+
+def power_sleeper(region_name: str, rounds: int, results: Any) -> None:
+    """Act as the CM7: sleep in STOP (or SLEEP on odd rounds) until woken, `rounds` times; report."""
+    from ampipc.hw import Hardware
+    from ampipc.hw.power import PowerState
+
+    try:
+        with Region.attach(region_name) as region:
+            hw = Hardware.attach(region)
+            try:
+                core = hw.core("CM7")
+                power = core.power
+                woken = 0
+                seq = power.wake_sequence
+                power.sleep(PowerState.STOP, timeout=TIMEOUT, since=seq)  # until the test's first wake
+                for k in range(rounds):
+                    seq = power.wake_sequence
+                    region.mapping.store_u32(region.lookup("ack").offset, k + 1)  # "about to sleep, round k"
+                    mode = PowerState.SLEEP if k % 2 else PowerState.STOP
+                    woken += power.sleep(mode, timeout=TIMEOUT, since=seq)
+                results.put(("ok", woken))
+            finally:
+                hw.close()
+    except BaseException as e:  # noqa: BLE001 - reported to the test
+        results.put((repr(e), 0))
+
+
+def write_then_close(region_name: str, name: str, count: int, closed: Any, release: Any) -> None:
+    """Send `count` messages, close the writer side, then stay alive until told (no PeerDied)."""
+    with Region.attach(region_name) as region:
+        buf = MessageBuffer.attach(region, name)
+        for k in range(count):
+            buf.send(message(1, 0, k), timeout=TIMEOUT)
+        buf.close()
+        closed.set()
+        release.wait(TIMEOUT)
+
+
+def read_then_close(region_name: str, name: str, count: int, closed: Any, release: Any) -> None:
+    """Receive `count` messages, close the reader side, then stay alive until told."""
+    with Region.attach(region_name) as region:
+        buf = MessageBuffer.attach(region, name)
+        for k in range(count):
+            got = buf.receive(timeout=TIMEOUT)
+            assert got == message(2, 0, k), got
+        buf.close()
+        closed.set()
+        release.wait(TIMEOUT)
