@@ -19,11 +19,12 @@
  * Both are checked by the worker before a single byte is written; a bad transfer writes nothing,
  * sets TEIF, counts an error, records the offending offsets and raises the transfer-error line.
  * A good one is one memmove (overlap in the region is allowed), then TCIF and the
- * transfer-complete line.
+ * transfer-complete line; with a half-transfer line configured (and no overlap) it is two copies,
+ * with HTIF set and that line raised once the first half has landed.
  *
  * Shared words (channel registers, 64 bytes per channel at `regs` in the region; the layout is in
- * ampipc/hw/dma.py): the worker fetch_ors TCIF/TEIF/BUSY into `flags` and clears BUSY; interrupt
- * handlers clear TCIF/TEIF (from Python). The statistics are fetch_add'ed by the worker only.
+ * ampipc/hw/dma.py): the worker fetch_ors TCIF/TEIF/HTIF/BUSY into `flags` and clears BUSY;
+ * interrupt handlers clear TCIF/TEIF/HTIF (from Python). The statistics are fetch_add'ed by the worker only.
  * Raising a line mirrors ampipc.hw.Hardware._raise_line exactly: fetch_or the core's pending word,
  * fetch_add the raised counter, futex-wake the pending word if the bit was clear.
  *
@@ -61,6 +62,7 @@
 #define F_TCIF 1u
 #define F_TEIF 2u
 #define F_BUSY 4u
+#define F_HTIF 8u
 
 #define ST_QUEUED 0u
 #define ST_RUNNING 1u
@@ -92,6 +94,7 @@ typedef struct {
     Py_ssize_t raised_off;  /* absolute offset of its u64 raised counter */
     int tc_line;            /* -1: none */
     int te_line;
+    int ht_line;            /* half transfer: -1 none */
 } ChannelConfig;
 
 typedef struct {
@@ -266,7 +269,19 @@ static void execute(EngineObject *e, TransferObject *t) {
             err = E_DST_BOUNDS;
         }
     }
-    if (err == E_NONE && t->length > 0) memmove(dst, src, (size_t)t->length);
+    if (err == E_NONE && t->length > 0) {
+        int ht = e->cfg[ch].ht_line;
+        if (ht >= 0 && t->length > 1 && (dst + t->length <= src || src + t->length <= dst)) {
+            /* two halves with the half-transfer event between them (HTIF; a double buffer's cue) */
+            size_t half = (size_t)t->length / 2;
+            memcpy(dst, src, half);
+            __atomic_fetch_or((uint32_t *)reg(e, ch, R_FLAGS), F_HTIF, __ATOMIC_SEQ_CST);
+            raise_line(e, ch, ht);
+            memcpy(dst + half, src + half, (size_t)t->length - half);
+        } else {
+            memmove(dst, src, (size_t)t->length);
+        }
+    }
     t->finished_ns = now_ns();
     t->error = err;
     __atomic_fetch_add((uint64_t *)reg(e, ch, R_BUSY_NS), (uint64_t)(t->finished_ns - t->started_ns), __ATOMIC_RELAXED);
@@ -382,7 +397,7 @@ static int engine_init(EngineObject *self, PyObject *args, PyObject *kwds) {
     for (int i = 0; i < MAX_CHANNELS; i++) {
         self->cfg[i].pending_off = -1;
         self->cfg[i].raised_off = -1;
-        self->cfg[i].tc_line = self->cfg[i].te_line = -1;
+        self->cfg[i].tc_line = self->cfg[i].te_line = self->cfg[i].ht_line = -1;
     }
     pthread_mutex_init(&self->lock, NULL);
     pthread_cond_init(&self->cond, NULL);
@@ -465,9 +480,9 @@ static int check_channel(EngineObject *self, int ch) {
 }
 
 static PyObject *engine_configure(EngineObject *self, PyObject *args) {
-    int ch, tc, te;
+    int ch, tc, te, ht = -1;
     Py_ssize_t pending, raised;
-    if (!PyArg_ParseTuple(args, "innii", &ch, &pending, &raised, &tc, &te)) return NULL;
+    if (!PyArg_ParseTuple(args, "innii|i", &ch, &pending, &raised, &tc, &te, &ht)) return NULL;
     if (check_open(self) < 0 || check_channel(self, ch) < 0) return NULL;
     if (pending >= 0) {
         if (pending % 4 || pending > self->region.len - 4 || raised < 0 || raised % 8 || raised > self->region.len - 8) {
@@ -475,7 +490,7 @@ static PyObject *engine_configure(EngineObject *self, PyObject *args) {
             return NULL;
         }
     }
-    if (tc < -1 || tc > 31 || te < -1 || te > 31) {
+    if (tc < -1 || tc > 31 || te < -1 || te > 31 || ht < -1 || ht > 31) {
         PyErr_SetString(PyExc_ValueError, "interrupt lines must be -1 (none) or 0..31");
         return NULL;
     }
@@ -484,6 +499,7 @@ static PyObject *engine_configure(EngineObject *self, PyObject *args) {
     self->cfg[ch].raised_off = raised;
     self->cfg[ch].tc_line = tc;
     self->cfg[ch].te_line = te;
+    self->cfg[ch].ht_line = ht;
     pthread_mutex_unlock(&self->lock);
     Py_RETURN_NONE;
 }
@@ -569,7 +585,7 @@ static PyObject *engine_get_closed(EngineObject *self, void *c) { return PyBool_
 
 static PyMethodDef engine_methods[] = {
     {"configure", (PyCFunction)engine_configure, METH_VARARGS,
-     "configure(channel, pending_off, raised_off, tc_line, te_line): where the channel's interrupts go."},
+     "configure(channel, pending_off, raised_off, tc_line, te_line, ht_line=-1): where the channel's interrupts go."},
     {"submit", (PyCFunction)engine_submit, METH_VARARGS,
      "submit(channel, priority, src, src_off, dst, dst_off, length) -> Transfer (None = region address;"
      " length -1 = what the private side(s) hold past the offsets)."},

@@ -14,7 +14,7 @@ import pytest
 
 from ampipc import IpcError, Region
 from ampipc.hw import Hardware
-from ampipc.hw.dma import FLAG_TCIF, FLAG_TEIF, DmaController, DmaError, Priority, RegionAddress
+from ampipc.hw.dma import FLAG_HTIF, FLAG_TCIF, FLAG_TEIF, DmaController, DmaError, Priority, RegionAddress
 from ampipc.services import PayloadPool
 
 from . import _workers as W
@@ -223,3 +223,31 @@ def test_closed_controller_refuses(chip: Any) -> None:
     dma.close()
     with pytest.raises(IpcError):
         ch.start(b"a", bytearray(1))
+
+
+def test_half_transfer_interrupt_comes_after_the_first_half(chip: Any) -> None:
+    """HTIF: when the half-transfer handler runs, the first half is in place (a double buffer's cue)."""
+    region, hw, dma = chip
+    size = 1 << 20
+    off = region.allocate("frames", "raw", size)
+    ch = dma.channel(3)
+    ch.set_interrupts("CM7", complete_line=10, error_line=11, half_line=12)
+    core = hw.core("CM7")
+    source = random.Random(9).randbytes(size)
+    seen: list[tuple[int, bool]] = []
+    done = threading.Event()
+
+    def on_half(line: int) -> None:
+        flags = ch.clear_flags(FLAG_HTIF)
+        seen.append((flags & FLAG_HTIF, bytes(region.view[off : off + size // 2]) == source[: size // 2]))
+
+    core.attach_handler(12, on_half, priority=0)  # before the completion handler when both are pending
+    core.attach_handler(10, lambda line: done.set(), priority=5)
+    core.start()
+    for _ in range(5):
+        region.view[off : off + size] = bytes(size)
+        done.clear()
+        ch.copy(source, RegionAddress(off), timeout=W.GENEROUS)
+        assert done.wait(W.GENEROUS)
+        assert bytes(region.view[off : off + size]) == source
+    assert seen == [(FLAG_HTIF, True)] * 5

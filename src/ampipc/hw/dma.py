@@ -14,7 +14,8 @@ can never be overwritten) or a private buffer (any object with the buffer protoc
 destination). `DmaChannel.start` returns at once; the engine copies, sets TCIF (or TEIF) in the
 channel's flags, and raises the configured line on the configured core: the transfer-complete line
 after a good copy, the transfer-error line when an address is out of bounds (nothing is written then,
-and the channel records the error code and both offsets). Handlers read `DmaChannel.flags` and
+and the channel records the error code and both offsets), and, if asked, a half-transfer line once
+the first half of the bytes has landed (HTIF; the cue of a double buffer). Handlers read `DmaChannel.flags` and
 clear them with `clear_flags`, as a DMA ISR does. The buffer exports of a transfer are held until it
 has finished, so the memory cannot be freed or resized under the copy.
 
@@ -22,7 +23,7 @@ Layout (little-endian)::
 
     0   u32 magic "AMDM" (stored last)   4  u32 version   8  u32 channel count
     per channel at 64 + 64 * n:
-    0   u32 flags  TCIF 1, TEIF 2, BUSY 4: set by the engine; TCIF/TEIF cleared by the handler
+    0   u32 flags  TCIF 1, TEIF 2, BUSY 4, HTIF 8: set by the engine; TCIF/TEIF/HTIF cleared by the handler
     4   u32 completed transfers (wraps)  8  u32 last error code   12 u32 owner pid (claim, CAS)
     16  u64 transfers   24 u64 bytes   32 u64 errors   40 u64 busy ns
     48  u64 last error's source offset   56 u64 last error's destination offset
@@ -48,6 +49,7 @@ from .hardware import Hardware
 __all__ = [
     "DMA_KIND",
     "FLAG_BUSY",
+    "FLAG_HTIF",
     "FLAG_TCIF",
     "FLAG_TEIF",
     "ChannelStatistics",
@@ -65,6 +67,8 @@ DMA_VERSION = 1
 FLAG_TCIF = 1
 FLAG_TEIF = 2
 FLAG_BUSY = 4
+FLAG_HTIF = 8
+_CLEARABLE = FLAG_TCIF | FLAG_TEIF | FLAG_HTIF
 _OFF_MAGIC, _OFF_VERSION, _OFF_COUNT = 0, 4, 8
 _REGS = 64
 _STRIDE = _dma.REGS_STRIDE
@@ -175,13 +179,17 @@ class DmaChannel:
         self.priority = priority
         self._regs = controller._base + _REGS + number * _STRIDE
 
-    def set_interrupts(self, core: str | None, *, complete_line: int | None = None, error_line: int | None = None) -> None:
-        """Raise `complete_line` (TCIE) / `error_line` (TEIE) on `core` when a transfer ends; None: no interrupt."""
+    def set_interrupts(
+        self, core: str | None, *, complete_line: int | None = None, error_line: int | None = None,
+        half_line: int | None = None,
+    ) -> None:
+        """Raise `complete_line` (TCIE) / `error_line` (TEIE) on `core` when a transfer ends, and
+        `half_line` (HTIE) when its first half has landed; None: no such interrupt."""
         ctl = self.controller
         if core is None:
-            ctl._engine_for().configure(self.number, -1, -1, -1, -1)
+            ctl._engine_for().configure(self.number, -1, -1, -1, -1, -1)
             return
-        for line in (complete_line, error_line):
+        for line in (complete_line, error_line, half_line):
             if line is not None and (isinstance(line, bool) or not isinstance(line, int) or not 0 <= line < R.LINES_PER_CORE):
                 raise ValueError(f"interrupt lines are ints in 0..{R.LINES_PER_CORE - 1} or None, not {line!r}")
         info = ctl.hardware.core_info(core)
@@ -189,6 +197,7 @@ class DmaChannel:
         ctl._engine_for().configure(
             self.number, block + R.C_PENDING, block + R.C_RAISED,
             -1 if complete_line is None else complete_line, -1 if error_line is None else error_line,
+            -1 if half_line is None else half_line,
         )
 
     @staticmethod
@@ -238,8 +247,8 @@ class DmaChannel:
         """TCIF | TEIF | BUSY as the engine set them."""
         return self.controller._m.load_u32(self._regs + _C_FLAGS)
 
-    def clear_flags(self, mask: int = FLAG_TCIF | FLAG_TEIF) -> int:
-        """Clear TCIF/TEIF (the IFCR write of an ISR); returns the flags found."""
+    def clear_flags(self, mask: int = _CLEARABLE) -> int:
+        """Clear TCIF/TEIF/HTIF (the IFCR write of an ISR); returns the flags found."""
         return self.controller.clear_flags(self.number, mask)
 
     @property
@@ -365,12 +374,12 @@ class DmaController:
         """Let the engine start queued transfers again, by priority."""
         self._engine_for().suspend(False)
 
-    def clear_flags(self, number: int, mask: int = FLAG_TCIF | FLAG_TEIF) -> int:
-        """Clear TCIF/TEIF of any channel (the other core's handler does this); returns the flags found."""
+    def clear_flags(self, number: int, mask: int = _CLEARABLE) -> int:
+        """Clear TCIF/TEIF/HTIF of any channel (the other core's handler does this); returns the flags found."""
         if not 0 <= number < self.channels:
             raise ValueError(f"channel must be in 0..{self.channels - 1}")
         regs = self._base + _REGS + number * _STRIDE
-        return self._m.fetch_and_u32(regs + _C_FLAGS, ~(mask & (FLAG_TCIF | FLAG_TEIF)) & 0xFFFFFFFF)
+        return self._m.fetch_and_u32(regs + _C_FLAGS, ~(mask & _CLEARABLE) & 0xFFFFFFFF)
 
     def close(self) -> None:
         """Stop this process's engine (queued transfers end with an error) and give up its channels."""
