@@ -142,3 +142,24 @@ def test_region_transport_needs_a_name() -> None:
     out = subprocess.run([sys.executable, "-m", "ampipc.cli", "openamp-matrix", "--role", "driver", "--transport",
                           "region"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "--region NAME" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_driver_reports_a_device_that_unbinds_early() -> None:
+    with loopback_pair() as (driver, device):
+        answered = [0]
+
+        def on_message(ept: Any, data: bytes, src: int) -> None:
+            a, b = M.decode_request(data)
+            ept.send_to(src, M.multiply(a, b).encode())
+            answered[0] += 1
+            if answered[0] == 3:
+                ept.destroy()  # NS DESTROY: the driver's endpoint loses its destination
+
+        device.create_endpoint(program.DEMO_CHANNEL, on_message)
+        lines: list[str] = []
+        code = program.drive_matrix(driver, program.DEMO_CHANNEL, 200, 30, 5, lines.append, seed=1)
+        assert code == 1
+        # the 4th request fails to send once the destroy has arrived, or (if it left first) gets no reply
+        assert sum(line == "CLIENT> Matrix multiply: sent : 296" for line in lines) in (3, 4)
+        assert any(line.startswith("CLIENT> Error sending data") or "no reply" in line for line in lines)
+        assert "CLIENT>  Test Results: Error count = 1 " in lines

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import ProtocolError, RegionNotFound, Timeout
+from ..errors import IpcError, ProtocolError, RegionNotFound, Timeout
 from ..region import Region
 from ..rpmsg import matrix as M
 from ..rpmsg._wire import DEMO_CHANNEL, DEMO_SHM_NAME, DEMO_SHM_SIZE, DEMO_SOCKET_PATH
@@ -88,6 +88,7 @@ def drive_matrix(
 ) -> int:
     """The driver's session on an open link; returns 0 only if every reply matched."""
     rng = random.Random(seed)
+    device.on_new_service = lambda dev, name, addr: _say(out, f"CLIENT> Unexpected name service {name} ({addr:#x})")
     ept = device.create_endpoint(channel)
     try:
         ept.wait_bound(open_timeout)
@@ -98,7 +99,12 @@ def drive_matrix(
     for _ in range(count):
         a, b = M.generate(rng), M.generate(rng)
         expected = M.multiply(a, b)
-        ept.send(M.encode_request(a, b))
+        try:
+            ept.send(M.encode_request(a, b))
+        except IpcError as exc:  # the device unbound early (or the link broke): the C driver's case
+            _say(out, f"CLIENT> Error sending data... ({exc})")
+            errors += 1
+            break
         sent += 1
         _say(out, f"CLIENT> Matrix multiply: sent : {M.REQUEST_SIZE}")
         try:
