@@ -37,6 +37,7 @@
 #include <endian.h>
 #include <stdint.h>
 #include <string.h>
+#include <sched.h>
 #include <time.h>
 
 /* ---- the wire (rpmsg/_wire.py is the commented reference) ------------------------------------ */
@@ -50,6 +51,7 @@
 #define USED_F_NO_NOTIFY 1
 #define MAX_VRING_NUM 32768
 #define RPMSG_HDR_SIZE 16
+#define PURE_SPIN_NS 2000 /* the doorbell spin yields the CPU after this long */
 #define ERRMSG 1024 /* room for any error message below */
 
 static PyObject *ErrRing, *ErrExhausted, *ErrOutOfWindow, *ErrProtocol;
@@ -1019,12 +1021,18 @@ static PyObject *mod_spin_wait_u32(PyObject *m, PyObject *args) {
     uint32_t seen = (uint32_t)seen_ul, now;
     int64_t spin = (int64_t)(seconds * 1e9);
     Py_BEGIN_ALLOW_THREADS
-    int64_t stop = now_ns() + spin;
+    int64_t start = now_ns(), stop = start + spin, t = start;
     for (unsigned i = 1;; i++) {
         now = __atomic_load_n(word, __ATOMIC_ACQUIRE);
         if (now != seen) break;
         cpu_relax();
-        if ((i & 63) == 0 && now_ns() >= stop) break;
+        if ((i & 63) == 0) {
+            t = now_ns();
+            if (t >= stop) break;
+            /* Past the first microseconds, give the CPU to whoever waits for it (the peer, on a busy
+             * machine) at every check: on idle CPUs sched_yield returns at once and the spin goes on. */
+            if (t - start > PURE_SPIN_NS) sched_yield();
+        }
     }
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&b);

@@ -229,6 +229,16 @@ class RpmsgDevice:
 
     # ---- sending --------------------------------------------------------------------------------
     def _send(self, src: int, dst: int, data: bytes | bytearray | memoryview, timeout: float | None, block: bool) -> bool:
+        if self._closed_reason is None:
+            # The common case first, without the retry loop's clock reads: a buffer is free now.
+            core = self._core
+            with self._lock:
+                sent = core.try_send(src, dst, data)
+                kick = core.take_kick()
+            if kick:
+                self._ring()
+            if sent or not block:
+                return sent
         return self._send_with(lambda: self._core.try_send(src, dst, data), timeout, block)
 
     def _send_ns(self, name: str, addr: int, destroy: bool, timeout: float | None) -> bool:
@@ -302,10 +312,12 @@ class RpmsgDevice:
         return handled
 
     def _service(self) -> int:
+        core = self._core
         with self._lock:
-            events = self._core.poll()
-            routed = [self._endpoints.route(e) for e in events]
-            kick = self._core.take_kick()
+            events = core.poll()
+            route = self._endpoints.route
+            routed = [route(e) for e in events]
+            kick = core.take_kick()
         if kick:
             self._ring()
         for item in routed:

@@ -86,6 +86,7 @@ class Endpoint:
         self.on_unbind = on_unbind
         self._queue: deque[tuple[int, bytes]] = deque()
         self._cond = threading.Condition()
+        self._sleepers = 0  # threads in _wait_queue: a delivery notifies only when someone sleeps
         self._bound = threading.Event()
         self._unbound = threading.Event()
         self.destroyed = False
@@ -176,12 +177,17 @@ class Endpoint:
     def _deliver(self, src: int, payload: bytes) -> None:
         with self._cond:
             self._queue.append((src, payload))
-            self._cond.notify_all()
+            if self._sleepers:
+                self._cond.notify_all()
 
     def _wait_queue(self, timeout: float) -> None:
         with self._cond:
             if not self._queue:
-                self._cond.wait(timeout)
+                self._sleepers += 1
+                try:
+                    self._cond.wait(timeout)
+                finally:
+                    self._sleepers -= 1
 
     def destroy(self) -> None:
         """Release the address; announces DESTROY for dynamic addresses when NS is on."""

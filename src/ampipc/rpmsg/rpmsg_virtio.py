@@ -419,7 +419,7 @@ class RpmsgVirtio:
         if not self.started:
             raise ProtocolError("the link is not started")
         n = len(payload)
-        if n > self.max_payload:
+        if n > self.buffer_size - RPMSG_HDR_SIZE:
             raise MessageTooLarge(f"a {n}-byte payload exceeds the rpmsg maximum of {self.max_payload} bytes")
         if self.role is Role.DRIVER:
             sent = self._send_driver(src, dst, payload)
