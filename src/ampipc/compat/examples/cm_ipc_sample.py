@@ -76,10 +76,13 @@ def cm4_main(region: Region, hw: Hardware) -> dict[str, int]:
         raise RuntimeError("ipc_init failed")
     cm_ipc.ipc_start()
 
+    camera_done = threading.Event()
+
     def EXTI1_IRQHandler() -> None:
         hal.HAL_EXTI_D2_ClearFlag(hal.EXTI_LINE1)
         if cm_ipc.ipc_sendmsg_irq(CAMERA_CHANNEL, _msg(IPC_CAMERA_READY), IPC_MSG.size) == IPC_MSG.size:
             counts["camera ready sent"] += 1
+        camera_done.set()
 
     hal.EXTI1_IRQHandler = EXTI1_IRQHandler  # overrides the weak handler
     hal.HAL_EXTI_D2_EventInputConfig(hal.EXTI_LINE1, hal.EXTI_MODE_IT, hal.ENABLE)
@@ -101,7 +104,11 @@ def cm4_main(region: Region, hw: Hardware) -> dict[str, int]:
                 cm_ipc.ipc_sendmsg(_msg(IPC_COMMAND_FRAME_ACK, arg1, render_point(arg1)), IPC_MSG.size)
                 counts["frames rendered"] += 1
                 if arg1 % 10 == 9:
+                    # a pending line merges with a new raise (as on the NVIC): one camera event at a time
+                    camera_done.clear()
                     hal.HAL_EXTI_GenerateSWInterrupt(hal.EXTI_LINE1)
+                    if not camera_done.wait(_TIMEOUT_MS / 1000):
+                        raise RuntimeError("the EXTI line 1 handler never ran")
             elif command == IPC_CAMERA_SHUTDOWN:
                 cm_ipc.ipc_sendmsg(_msg(IPC_CAMERA_SHUTDOWN), IPC_MSG.size)
                 return counts
@@ -110,7 +117,7 @@ def cm4_main(region: Region, hw: Hardware) -> dict[str, int]:
         cm_ipc.ipc_deinit()
 
 
-def cm7_main(region: Region, hw: Hardware, start_cm4: Any, say: Any) -> dict[str, int]:
+def cm7_main(region: Region, hw: Hardware, start_cm4: Any, say: Any, frames: int = FRAMES) -> dict[str, int]:
     """The CM7 firmware; `start_cm4` releases the second core, `say` prints a timeline line."""
     counts = {"firmware status": -1, "frames ok": 0, "frames wrong": 0, "camera ready received": 0}
     synced = threading.Event()
@@ -140,7 +147,7 @@ def cm7_main(region: Region, hw: Hardware, start_cm4: Any, say: Any) -> dict[str
         if cm_ipc.ipc_recvmsg(msg, IPC_MSG.size, wait) == IPC_MSG.size:
             command, state, *_ = IPC_MSG.unpack(msg)
             counts["firmware status"] = state if command == IPC_CTRL_FIRMWARE_STATUS else -1
-        for frame in range(FRAMES):
+        for frame in range(frames):
             cm_ipc.ipc_sendmsg(_msg(IPC_COMMAND_RENDER_FRAME, frame), IPC_MSG.size)
             got = cm_ipc.ipc_recvmsg(msg, IPC_MSG.size, wait)
             command, arg1, arg2, *_ = IPC_MSG.unpack(msg)
@@ -150,7 +157,7 @@ def cm7_main(region: Region, hw: Hardware, start_cm4: Any, say: Any) -> dict[str
                 say(f"frame {frame}: the CM4 rendered {arg2} iterations")
             while cm_ipc.ipc_receive(CAMERA_CHANNEL, msg, IPC_MSG.size, 0) == IPC_MSG.size:  # poll, no wait
                 counts["camera ready received"] += IPC_MSG.unpack(msg)[0] == IPC_CAMERA_READY
-        while counts["camera ready received"] < FRAMES // 10:  # the last ones may still be in flight
+        while counts["camera ready received"] < frames // 10:  # the last ones may still be in flight
             if cm_ipc.ipc_receive(CAMERA_CHANNEL, msg, IPC_MSG.size, wait) != IPC_MSG.size:
                 break
             counts["camera ready received"] += IPC_MSG.unpack(msg)[0] == IPC_CAMERA_READY
@@ -184,12 +191,9 @@ def run(*, quiet: bool = False, frames: int = FRAMES) -> int:
     """Run the sample on two processes; 0 if every frame came back right and the ISR messages arrived."""
     from ...demos._common import print_summary, run_pair
 
-    global FRAMES
-    FRAMES = frames
-
     def cm7(region: Region, say: Any, start_cm4: Any) -> dict[str, Any]:
         with Hardware.create(region) as hw:
-            return cm7_main(region, hw, start_cm4, say)
+            return cm7_main(region, hw, start_cm4, say, frames)
 
     cm7_counts, cm4_counts = run_pair("cmipc", 1 << 16, cm7, _cm4_process, quiet=quiet)
     expected_isr = frames // 10
