@@ -9,10 +9,16 @@ sequence, publication time). It takes a message out of the source only while Zen
 matching subscriber, so with nobody listening the messages wait in the buffer and the local
 writer feels back-pressure instead of losing them. When the source ends (its writer closed or
 died and it is drained) the route publishes a DELETE on its key: the end-of-stream mark.
+The route stores its last sequence number in the region *before* publishing, so a bridge
+restarted under the same name continues the numbering and the importer counts as ``lost`` what
+the dead one took out of the source but never delivered (all but a message taken in the instant
+between the receive and that store). With ``pack`` > 1 the route takes up to ``pack`` messages
+at once and publishes each run of them (at most `PACK_BYTES`) as one packed sample.
 
 An **import route** declares a subscriber with a bounded FIFO handler (``fifo_capacity``
-samples) and a thread that writes each sample into its sink (or, with ``fifo_capacity=0``, a
-callback that writes it from Zenoh's receive thread). With ``congestion="block"`` (the
+samples) and a thread that takes what is queued (up to 256 samples), unpacks it, and writes
+the messages into its sink in one call (or, with ``fifo_capacity=0``, a callback that writes
+each sample from Zenoh's receive thread). With ``congestion="block"`` (the
 default) the sink's send blocks while the sink is full; the FIFO then fills, Zenoh's receive
 path blocks on it, the TCP window closes, and the remote publisher (``CongestionControl.BLOCK``,
 ``Reliability.RELIABLE``) blocks in turn, back to the remote exporter, which stops draining its
