@@ -108,8 +108,15 @@ def _run(args: argparse.Namespace) -> int:
                 for service, key in args.services:
                     print(f"  rpc service {service} <- {key}", flush=True)
                 next_report = None if args.stats_interval is None else time.monotonic() + args.stats_interval
+                states = {id(route): (route.state, route.peer_losses) for route in bridge.routes}
                 while True:
                     time.sleep(0.2)
+                    for route in bridge.routes:  # say when a peer comes or goes
+                        now = (route.state, route.peer_losses)
+                        if now != states[id(route)]:
+                            states[id(route)] = now
+                            print(f"  {route.direction} {route.key}: {route.state}, {route.peers} peers, "
+                                  f"{route.peer_losses} peer losses", flush=True)
                     if next_report is not None and time.monotonic() >= next_report:
                         _print_routes(bridge)
                         next_report += args.stats_interval
