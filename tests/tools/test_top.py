@@ -165,10 +165,14 @@ def test_live_view_with_the_pilot(system: tuple[Region, Hardware]) -> None:
     telemetry = MessageBuffer.attach(region, "telemetry")
     app = make_app(region, interval=0.05)
 
-    async def until(condition: Callable[[], bool], pilot: Any) -> None:
+    async def until(condition: Callable[[], bool], pilot: Any, traffic: bool = False) -> None:
         deadline = time.monotonic() + 60
         while not condition():
             assert time.monotonic() < deadline, "the live view never showed the change"
+            if traffic:  # keep telemetry busy until a refresh has measured it
+                for _ in range(20):
+                    telemetry.send(b"z" * 8)
+                    telemetry.receive()
             await pilot.pause(0.05)
 
     def first_row() -> str:
@@ -185,11 +189,9 @@ def test_live_view_with_the_pilot(system: tuple[Region, Hardware]) -> None:
             assert app.sort == "fill" and first_row() == "log"  # type: ignore[attr-defined]
             await pilot.press("s")
             assert app.sort == "msgs/s"  # type: ignore[attr-defined]
-            for _ in range(50):  # traffic: telemetry becomes the busiest buffer
-                telemetry.send(b"z" * 8)
-                telemetry.receive()
             await until(lambda: first_row() == "telemetry" and app.buffer_rates is not None  # type: ignore[attr-defined]
-                        and app.buffer_rates["telemetry"].messages_per_s > 0, pilot)  # type: ignore[attr-defined]
+                        and app.buffer_rates["telemetry"].messages_per_s > 0, pilot,  # type: ignore[attr-defined]
+                        traffic=True)  # telemetry becomes the busiest buffer
             await pilot.press("p")
             assert app.paused  # type: ignore[attr-defined]
             frozen = app.refreshes  # type: ignore[attr-defined]
