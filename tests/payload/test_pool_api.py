@@ -151,6 +151,9 @@ def test_loan_timeout_try_loan_and_cancel(region: Any) -> None:
         pool.loan(timeout=0.05)
     with pytest.raises(TimeoutError):
         pool.loan(timeout=0)
+    for bad in (-1, float("nan"), "1", True):
+        with pytest.raises(ValueError):
+            pool.loan(timeout=bad)  # type: ignore[arg-type]
     a.cancel()
     with pytest.raises(IpcError):
         a.cancel()

@@ -420,11 +420,12 @@ class PayloadPool:
 
     def loan(self, timeout: float | None = None) -> Loan:
         """A free slot, waiting up to `timeout` seconds (None: forever) for one; `Timeout` then."""
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not timeout >= 0):
+            raise ValueError(f"timeout must be None or a number of seconds >= 0, not {timeout!r}")
         loan = self.try_loan()
         if loan is not None:
             return loan
-        if timeout is not None and timeout < 0:
-            raise ValueError("timeout must be None or >= 0")
         m, base = self._m, self._base
         deadline = None if timeout is None else time.monotonic() + timeout
         if self._spin_now > 0:  # the releaser is often about to answer: a futex round costs more
