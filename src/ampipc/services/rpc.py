@@ -366,6 +366,11 @@ class _Counters:
         with self._lock:
             self._values[name] += amount
 
+    def add2(self, name: str, amount: int, name2: str, amount2: int) -> None:
+        with self._lock:
+            self._values[name] += amount
+            self._values[name2] += amount2
+
     def peak(self, name: str, value: int) -> None:
         with self._lock:
             if value > self._values[name]:
@@ -398,6 +403,8 @@ class Connection:
         self._active: dict[int, _Call] = {}
         self._active_lock = threading.Lock()
         self._reassembler = Reassembler(server.max_frame)
+        # written by this connection's reader thread only (no lock); summed by Server.statistics
+        self.reader_counts = dict.fromkeys(_READER_COUNTERS, 0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read_loop, name=f"rpc-conn {self.description}", daemon=True)
 
@@ -420,14 +427,16 @@ class Connection:
     # -- reading --
     def _read_loop(self) -> None:
         stats = self.server._stats
+        counts = self.reader_counts
+        receive = self.link.receive
         reason = "stopped"
         try:
             while not self._stop.is_set():
                 try:
-                    data = self.link.receive(_SLICE)
+                    data = receive(_SLICE)
                 except TimeoutError:
                     continue
-                stats.add("bytes_received", len(data))
+                counts["bytes_received"] += len(data)
                 self._handle(data)
         except _EndOfLink:
             reason = "the client said goodbye"
@@ -468,7 +477,7 @@ class Connection:
                 log.exception("rpc connection %s: the end callback failed", self.description)
 
     def _handle(self, data: bytes) -> None:
-        stats = self.server._stats
+        counts = self.reader_counts
         try:
             frame = _codec.decode_to_server(data)
             if isinstance(frame, _codec.Chunk):
@@ -480,11 +489,11 @@ class Connection:
                     raise ProtocolError("a chunk inside a chunked frame")
             elif self._reassembler.in_progress:
                 self._reassembler.reset()
-                stats.add("bad_frames")
+                counts["bad_frames"] += 1
                 log.warning("rpc connection %s: a frame interrupted a chunked frame (its pieces were dropped)",
                             self.description)
         except ProtocolError as exc:
-            stats.add("bad_frames")
+            counts["bad_frames"] += 1
             log.warning("rpc connection %s: %s", self.description, exc)
             return
         if isinstance(frame, _codec.Request):
@@ -514,7 +523,8 @@ class Connection:
             if self._active.get(call.id) is call:
                 del self._active[call.id]
 
-    def _reply(self, frame: _codec.Reply | _codec.Failure) -> None:
+    def _reply(self, frame: _codec.Reply | _codec.Failure, outcome: str = "") -> None:
+        """Send a reply; ``outcome`` ("completed", "failed" or "") is counted with it in one step."""
         stats = self.server._stats
         try:
             data = _codec.encode(frame)
@@ -525,26 +535,30 @@ class Connection:
                 frame.id, "MessageTooLarge",
                 f"the reply of {len(data)} bytes exceeds the {self.server.max_frame}-byte frame limit", "",
             ))
+        problem = None
         with self._send_lock:
             if self.closed:
-                stats.add("replies_dropped")
-                return
-            try:
-                send_frame(self.link, data, self.server.reply_timeout)
-            except (PeerDied, PeerClosed) as exc:
-                stats.add("replies_dropped")
-                log.info("rpc connection %s: reply %d dropped: %s", self.description, frame.id, exc)
-                return
-            except TimeoutError:
-                stats.add("replies_dropped")
-                log.warning("rpc connection %s: the client did not take reply %d within %s s",
-                            self.description, frame.id, self.server.reply_timeout)
-                return
-            except IpcError as exc:
-                stats.add("replies_dropped")
-                log.warning("rpc connection %s: reply %d failed: %s", self.description, frame.id, exc)
-                return
-        stats.add("bytes_sent", len(data))
+                problem = "the connection ended"
+            else:
+                try:
+                    send_frame(self.link, data, self.server.reply_timeout)
+                except (PeerDied, PeerClosed) as exc:
+                    problem = str(exc)
+                except TimeoutError:
+                    problem = f"the client did not take it within {self.server.reply_timeout} s"
+                except IpcError as exc:
+                    problem = f"sending failed: {exc}"
+        if problem is None:
+            if outcome:
+                stats.add2(outcome, 1, "bytes_sent", len(data))
+            else:
+                stats.add("bytes_sent", len(data))
+            return
+        if outcome:
+            stats.add2(outcome, 1, "replies_dropped", 1)
+        else:
+            stats.add("replies_dropped")
+        log.info("rpc connection %s: reply %d dropped: %s", self.description, frame.id, problem)
 
 
 class _Pool:
@@ -614,6 +628,7 @@ class _Pool:
             t.join(max(0.0, deadline - time.monotonic()))
 
 
+_READER_COUNTERS = ("bytes_received", "calls", "notifications", "unknown_methods", "bad_frames")
 _SERVER_COUNTERS = tuple(f.name for f in dataclasses.fields(ServerStatistics)
                          if f.name not in ("connections_active", "workers"))
 
@@ -727,23 +742,26 @@ class Server:
     def _connection_ended(self, conn: Connection) -> None:
         with self._conn_lock:
             self._connections.discard(conn)
+            for name, value in conn.reader_counts.items():  # fold into the totals, under the same lock
+                self._stats.add(name, value)
 
     # -- dispatch --
     def _dispatch(self, conn: Connection, call_id: int, name: str, args: list[Any], kwargs: dict[str, Any],
                   budget_us: int, oneway: bool) -> None:
-        stats = self._stats
-        stats.add("notifications" if oneway else "calls")
+        counts = conn.reader_counts  # this runs on the connection's reader thread
+        counts["notifications" if oneway else "calls"] += 1
         handler = self._handlers.get(name)
         if handler is None:
-            stats.add("unknown_methods")
+            counts["unknown_methods"] += 1
             log.warning("rpc connection %s: unknown method %r", conn.description, name[:80])
             if not oneway:
                 conn._reply(_codec.Failure(call_id, "MethodNotFound", f"no remote method {name!r}", ""))
             return
         deadline = time.monotonic() + budget_us / 1e6 if budget_us else None
         call = _Call(call_id, handler, args, kwargs, deadline, conn, oneway)
-        if not oneway and not conn._register(call):
-            stats.add("bad_frames")
+        # an inline call is not registered: no Cancel can be read while it runs on the reader
+        if not oneway and not (call_id not in conn._active if handler.inline else conn._register(call)):
+            counts["bad_frames"] += 1
             log.warning("rpc connection %s: request id %d is in use already", conn.description, call_id)
             conn._reply(_codec.Failure(call_id, "ProtocolError", f"request id {call_id} is in use already", ""))
             return
@@ -755,45 +773,54 @@ class Server:
     def _run(self, call: _Call) -> None:
         stats = self._stats
         conn = call.conn
+        registered = not call.oneway and not call.handler.inline
         if call.cancelled or conn.closed:
             stats.add("cancelled")
-            conn._unregister(call)
+            if registered:
+                conn._unregister(call)
             return
         if call.deadline is not None and time.monotonic() > call.deadline:
             stats.add("expired")
-            conn._unregister(call)
+            if registered:
+                conn._unregister(call)
             return
         _local.call = call
         reply: _codec.Reply | _codec.Failure
         try:
-            args, kwargs = call.handler.convert(call.args, call.kwargs) if call.handler.by_name else (call.args, call.kwargs)
-            result = call.handler.fn(*args, **kwargs)
+            handler = call.handler
+            if handler.by_name:
+                args, kwargs = handler.convert(call.args, call.kwargs)
+                result = handler.fn(*args, **kwargs)
+            else:
+                result = handler.fn(*call.args, **call.kwargs)
         except Exception as exc:
-            stats.add("failed")
             if call.oneway:
+                stats.add("failed")
                 log.warning("rpc notification %s raised %r", call.handler.name, exc)
                 return
-            reply = _failure(call.id, exc)
+            reply, outcome = _failure(call.id, exc), "failed"
         else:
             if call.oneway:
                 stats.add("completed")
                 return
-            stats.add("completed")
-            reply = _codec.Reply(call.id, result)
+            reply, outcome = _codec.Reply(call.id, result), "completed"
         finally:
             _local.call = None
-            if not call.oneway:
+            if registered:
                 conn._unregister(call)
         if call.cancelled:
-            stats.add("cancelled")
+            stats.add2(outcome, 1, "cancelled", 1)
             return
-        conn._reply(reply)
+        conn._reply(reply, outcome)
 
     # -- lifetime --
     def statistics(self) -> ServerStatistics:
         values = self._stats.snapshot()
         with self._conn_lock:
             active = len(self._connections)
+            for conn in self._connections:
+                for name, value in conn.reader_counts.items():
+                    values[name] += value
         return ServerStatistics(connections_active=active, workers=self._pool.size, **values)
 
     @property
@@ -907,13 +934,16 @@ class Client:
         self._cv = threading.Condition(threading.Lock())
         self._pending: dict[int, _Pending] = {}
         self._reader_busy = False
+        self._sleepers = 0  # threads waiting on _cv (under _cv)
         self._async_reader: threading.Thread | None = None
         self._broken: BaseException | None = None
         self._closed = False
         self._abandoned: deque[int] = deque()
         self._abandoned_set: set[int] = set()
         self._reassembler = Reassembler(max_frame)
-        self._stats = _Counters(_CLIENT_COUNTERS)
+        # counters: each is changed only under the lock noted (so no lock of their own)
+        self._counts = dict.fromkeys(_CLIENT_COUNTERS, 0)  # under _cv, except "bytes_sent"/"notifications"
+        self._sent = [0, 0]  # [bytes_sent, notifications], under _send_lock
 
     @classmethod
     def connect(cls, region: Region, name: str = "rpc", *, timeout: float | None = 10.0,
@@ -945,8 +975,7 @@ class Client:
         """A one-way call: no reply, no error back (the server logs failures)."""
         self._check_usable()
         data = _codec.encode(_codec.Notify(method, args, kwargs))  # type: ignore[arg-type]
-        self._send(data, self.timeout)
-        self._stats.add("notifications")
+        self._send(data, self.timeout, notification=True)
 
     async def call_async(self, method: str, /, *args: Any, timeout: float | None | _Default = DEFAULT,
                          **kwargs: Any) -> Any:
@@ -961,7 +990,7 @@ class Client:
         with self._cv:
             self._check_usable()
             self._pending[call_id] = pending
-        self._stats.add("calls")
+            self._counts["calls"] += 1
         try:
             try:
                 self._send(data, 0)
@@ -1014,14 +1043,20 @@ class Client:
             raise MessageTooLarge(f"the call's {len(data)} bytes exceed the {self.max_frame}-byte frame limit")
         return data
 
-    def _send(self, data: bytes, timeout: float | None) -> None:
+    def _send(self, data: bytes, timeout: float | None, *, notification: bool = False) -> None:
         with self._send_lock:
             try:
                 send_frame(self._link, data, timeout)
             except (PeerDied, PeerClosed) as exc:
-                self._break(exc)
-                raise self._copy_error(exc, "") from None
-        self._stats.add("bytes_sent", len(data))
+                error: BaseException = exc
+            else:
+                sent = self._sent
+                sent[0] += len(data)
+                if notification:
+                    sent[1] += 1
+                return
+        self._break(error)
+        raise self._copy_error(error, "") from None
 
     def _start(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> _Pending:
         call_id = next(self._ids)
@@ -1030,13 +1065,13 @@ class Client:
         with self._cv:
             self._check_usable()
             self._pending[call_id] = pending
-        self._stats.add("calls")
+            self._counts["calls"] += 1
         try:
             self._send(data, timeout)
         except Timeout:
             with self._cv:
                 self._pending.pop(call_id, None)
-            self._stats.add("timeouts")
+                self._counts["timeouts"] += 1
             raise Timeout(f"remote call {method!r}: the server took no request within {timeout} s") from None
         except BaseException:
             with self._cv:
@@ -1057,7 +1092,11 @@ class Client:
                     if not self._reader_busy and self._async_reader is None:
                         self._reader_busy = True
                         break
-                    self._cv.wait(_SLICE if left is None else min(left, _SLICE))
+                    self._sleepers += 1
+                    try:
+                        self._cv.wait(_SLICE if left is None else min(left, _SLICE))
+                    finally:
+                        self._sleepers -= 1
                 else:
                     return self._outcome(p)
             if expired:
@@ -1083,7 +1122,8 @@ class Client:
                         self._on_message(data)
                     if error is not None:
                         self._break_locked(error)
-                    self._cv.notify_all()
+                    if self._sleepers:  # Condition.notify_all costs a microsecond even with nobody to wake
+                        self._cv.notify_all()
 
     def _outcome(self, p: _Pending) -> Any:
         if p.error is not None:
@@ -1100,7 +1140,7 @@ class Client:
                 self._abandoned_set.discard(self._abandoned.popleft())
             p.complete(None, Timeout(f"remote call {p.method!r} was abandoned") if counter == "timeouts"
                        else IpcError(f"remote call {p.method!r} was cancelled"))
-        self._stats.add(counter)
+            self._counts[counter] += 1
         try:  # best effort, never blocks: the server skips the call if it has not started
             self._send(_codec.encode(_codec.Cancel(p.id)), 0)
         except (IpcError, TimeoutError):
@@ -1112,8 +1152,8 @@ class Client:
 
     def _on_message(self, data: bytes) -> None:
         """Handle one received message (lock held)."""
-        stats = self._stats
-        stats.add("bytes_received", len(data))
+        counts = self._counts
+        counts["bytes_received"] += len(data)
         try:
             frame = _codec.decode_to_client(data)
             if isinstance(frame, _codec.Chunk):
@@ -1125,28 +1165,28 @@ class Client:
                     raise ProtocolError("a chunk inside a chunked frame")
             elif self._reassembler.in_progress:
                 self._reassembler.reset()
-                stats.add("bad_frames")
+                counts["bad_frames"] += 1
                 log.warning("rpc client %s: a frame interrupted a chunked frame (its pieces were dropped)",
                             self.description)
         except ProtocolError as exc:
-            stats.add("bad_frames")
+            counts["bad_frames"] += 1
             log.warning("rpc client %s: %s", self.description, exc)
             return
         if isinstance(frame, (_codec.Reply, _codec.Failure)):
             p = self._pending.pop(frame.id, None)
             if p is None:
                 if frame.id in self._abandoned_set:
-                    stats.add("late_replies")
+                    counts["late_replies"] += 1
                 else:
-                    stats.add("unexpected_replies")
+                    counts["unexpected_replies"] += 1
                     log.warning("rpc client %s: a reply for call %d, which this client never made (or answered twice)",
                                 self.description, frame.id)
                 return
             if isinstance(frame, _codec.Reply):
-                stats.add("completed")
+                counts["completed"] += 1
                 p.complete(frame.result, None)
             else:
-                stats.add("remote_errors")
+                counts["remote_errors"] += 1
                 p.complete(None, _rebuild(frame))
         elif isinstance(frame, _codec.Bye):
             self._break_locked(PeerClosed(f"the server closed the link: {frame.reason}"))
@@ -1178,7 +1218,11 @@ class Client:
     def _async_read_loop(self) -> None:
         with self._cv:
             while self._reader_busy:  # a sync caller is reading: let it finish its turn
-                self._cv.wait(_SLICE)
+                self._sleepers += 1
+                try:
+                    self._cv.wait(_SLICE)
+                finally:
+                    self._sleepers -= 1
             self._reader_busy = True
         try:
             while not self._closed and self._broken is None:
@@ -1198,9 +1242,10 @@ class Client:
 
     # -- lifetime --
     def statistics(self) -> ClientStatistics:
-        values = self._stats.snapshot()
         with self._cv:
+            values = dict(self._counts)
             pending = len(self._pending)
+        values["bytes_sent"], values["notifications"] = self._sent  # read without the send lock: a send may block
         return ClientStatistics(pending=pending, **values)
 
     @property
