@@ -42,6 +42,7 @@ OTHER_MODULES = (
     ("asyncio against blocking calls", "benchmarks.bench_aio"),
     ("Zenoh bridge against Zenoh's own pub->sub", "benchmarks.bench_bridge"),
     ("payload pool, descriptors and DMA", "benchmarks.bench_payload"),
+    ("remote calls (ampipc.services) against raw buffers and multiprocessing", "benchmarks.bench_services"),
 )
 
 
