@@ -314,9 +314,9 @@ class RpmsgDevice:
     def _service(self) -> int:
         core = self._core
         with self._lock:
-            events = core.poll()
-            route = self._endpoints.route
-            routed = [route(e) for e in events]
+            events = core.poll_raw()
+            table = self._endpoints
+            routed = [table.route_data(*e) if isinstance(e, tuple) else table.route(e) for e in events]
             kick = core.take_kick()
         if kick:
             self._ring()
@@ -324,9 +324,15 @@ class RpmsgDevice:
             self._dispatch(item)
         return len(routed)
 
-    def _dispatch(self, item: Delivery | Bound | Unbound | NewService | Dropped) -> None:
+    def _dispatch(self, item: tuple[Endpoint, int, bytes] | Delivery | Bound | Unbound | NewService | Dropped) -> None:
         try:
-            if isinstance(item, Delivery):
+            if isinstance(item, tuple):  # a data message, the hot path
+                ept, src, payload = item
+                if ept.callback is not None:
+                    ept.callback(ept, payload, src)
+                else:
+                    ept._deliver(src, payload)
+            elif isinstance(item, Delivery):
                 ept = item.endpoint
                 if ept.callback is not None:
                     ept.callback(ept, item.payload, item.src)

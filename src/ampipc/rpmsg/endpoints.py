@@ -302,10 +302,15 @@ class EndpointTable:
             if self.unclaimed.get(event.name) == event.addr:
                 del self.unclaimed[event.name]
             return Dropped(event.addr, f"name-service DESTROY for unknown {event.name!r} at {event.addr:#x}")
-        target = self._by_addr.get(event.dst)
+        routed = self.route_data(event.src, event.dst, event.payload)
+        return routed if isinstance(routed, Dropped) else Delivery(*routed)
+
+    def route_data(self, src: int, dst: int, payload: bytes) -> tuple[Endpoint, int, bytes] | Dropped:
+        """`route` for a data message given as its fields: (endpoint, src, payload), or Dropped."""
+        target = self._by_addr.get(dst)
         if target is None:
-            return Dropped(event.dst, f"message from {event.src:#x} to unknown address {event.dst:#x}")
-        if target.dest == RPMSG_ADDR_ANY and event.src != RPMSG_ADDR_ANY:
-            target.dest = event.src
+            return Dropped(dst, f"message from {src:#x} to unknown address {dst:#x}")
+        if target.dest == RPMSG_ADDR_ANY and src != RPMSG_ADDR_ANY:
+            target.dest = src
             target._bound.set()
-        return Delivery(target, event.src, event.payload)
+        return (target, src, payload)
