@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from ampipc import ProtocolError, ResourceExhausted, _vring
 from ampipc.rpmsg import _wire as W
 from ampipc.rpmsg._window import OutOfWindow, Window
-from ampipc.rpmsg.rpmsg_virtio import Role, RpmsgVirtio
+from ampipc.rpmsg.rpmsg_virtio import Message, NameService, Role, RpmsgVirtio
 from ampipc.rpmsg.transports import demo_table
 from ampipc.rpmsg.virtqueue import (
     DeviceQueue,
@@ -228,7 +228,7 @@ LINK_OPS = st.lists(
         POLLS,
         SENDS,
         POLLS,
-        st.tuples(st.sampled_from(["drv_poll", "dev_poll", "drv_reclaim", "kicks", "has_tx"])),
+        st.tuples(st.sampled_from(["drv_poll", "dev_poll", "drv_poll_raw", "dev_poll_raw", "drv_reclaim", "kicks", "has_tx"])),
         st.tuples(st.just("ns"), st.sampled_from(["drv", "dev"]), st.booleans()),
         st.tuples(
             st.just("scribble"),
@@ -295,6 +295,10 @@ def test_links_match_the_reference_byte_for_byte(ops: list[tuple[Any, ...]], see
                 call = drv.poll
             elif kind == "dev_poll":
                 call = dev.poll
+            elif kind == "drv_poll_raw":
+                call = drv.poll_raw
+            elif kind == "dev_poll_raw":
+                call = dev.poll_raw
             elif kind == "drv_reclaim":
                 call = drv.reclaim
             elif kind == "kicks":
@@ -385,3 +389,19 @@ def test_header_length_bounds_alike(direction: str, length: int) -> None:
         assert len(events) == 1 and len(events[0].payload) == length  # type: ignore[union-attr]
     else:
         assert events == [] and stats["errors_by_kind"] == {"header-length": 1}
+
+
+def test_poll_raw_gives_the_same_messages_as_tuples() -> None:
+    num = 16
+    for fast in (False, True):
+        _big, area = guarded_area(0x10000 + 2 * num * 512 + 1024)
+        drv, dev = link_pair(area, fast, num)
+        assert dev.send_ns("svc", 0x401)
+        for i in range(5):
+            assert dev.try_send(0x401, 0x400, bytes([i]) * (i * 50))
+        events = drv.poll_raw()
+        assert isinstance(events[0], NameService) and events[0].name == "svc"
+        assert events[1:] == [(0x401, 0x400, bytes([i]) * (i * 50)) for i in range(5)]
+        assert drv.statistics.messages_received == 5
+        assert dev.try_send(0x401, 0x400, b"again")
+        assert drv.poll() == [Message(0x401, 0x400, b"again")]
