@@ -357,3 +357,39 @@ def test_one_slot_serves_client_processes_one_after_another(make_region: Callabl
         assert server.statistics().connections_opened == 3
     finally:
         server.close()
+
+
+def test_asyncio_cancellation_and_timeout(make_region: Callable[..., Region]) -> None:
+    region = make_region(2 << 20)
+    service = CheckService()
+    server = Server(workers=1, backlog=8)
+    server.add(service)
+    server.listen(region, "acan")
+    try:
+        with Client.connect(region, "acan", timeout=30) as client:
+
+            async def main() -> None:
+                blocker = asyncio.ensure_future(client.call_async("wait_release", 0))
+                queued = asyncio.ensure_future(client.call_async("wait_release", 1))
+                await asyncio.sleep(0)
+                await asyncio.get_running_loop().run_in_executor(
+                    None, wait_until, lambda: server.statistics().calls == 2)
+                queued.cancel()  # still queued behind the blocker: the server must skip it
+                with pytest.raises(asyncio.CancelledError):
+                    await queued
+                with pytest.raises(Timeout):
+                    await client.call_async("wait_release", 2, timeout=0.2)
+                service.release.set()
+                assert await blocker == 0
+                assert await client.call_async("echo", "still fine") == "still fine"
+
+            asyncio.run(main())
+            stats = client.statistics()
+            assert stats.cancelled == 1 and stats.timeouts == 1 and stats.unexpected_replies == 0
+            # the cancelled call never ran; the timed-out one ran late or was skipped as expired
+            wait_until(lambda: server.statistics().cancelled >= 1)
+            s = server.statistics()
+            assert s.completed + s.cancelled + s.expired == 4 and s.cancelled >= 1
+    finally:
+        service.release.set()
+        server.close()
