@@ -154,14 +154,15 @@ def _z_ping(endpoint: str, rounds: int, warmup: int, out: Any) -> None:
 
 
 def _bridge(region_name: str, name: str, listen: bool, endpoint: str, exports: list[tuple[str, str]],
-            imports: list[tuple[str, str]], ready: Any, stop: Any, pack: int = 1, fifo: int = 256) -> None:
+            imports: list[tuple[str, str]], ready: Any, stop: Any, pack: int = 1, fifo: int = 256,
+            express: bool = False) -> None:
     from ampipc import Region
     from ampipc.bridge import ZenohBridge
     from ampipc.bridge.session import close_session, open_session
 
     with Region.attach(region_name) as region:
         session = open_session(**({"listen": [endpoint]} if listen else {"connect": [endpoint]}))
-        bridge = ZenohBridge(region, session, name=name, fifo_capacity=fifo, pack=pack)
+        bridge = ZenohBridge(region, session, name=name, fifo_capacity=fifo, pack=pack, express=express)
         for buffer, key in exports:
             bridge.export(buffer, key)
         for key, buffer in imports:
@@ -333,7 +334,7 @@ def _zenoh_round_trip(rounds: int, warmup: int) -> list[int]:
         procs.reap()
 
 
-def _bridged_round_trip(rounds: int, warmup: int) -> list[int]:
+def _bridged_round_trip(rounds: int, warmup: int, fifo: int = 0, express: bool = False) -> list[int]:
     from ampipc import MessageBuffer
 
     region_a, region_b = _regions(1 << 20)
@@ -348,9 +349,9 @@ def _bridged_round_trip(rounds: int, warmup: int) -> list[int]:
         # A: ping (app -> bridge) exported, pong imported; B: ping imported (-> echo), pong exported.
         # Latency configuration: import routes write from Zenoh's receive thread (fifo_capacity=0).
         procs.start(_bridge, region_b.name, "bench-b", True, endpoint, [("pong", "bench/bpong")],
-                    [("bench/bping", "ping")], ready_b, stop, 1, 0)
+                    [("bench/bping", "ping")], ready_b, stop, 1, fifo, express)
         procs.start(_bridge, region_a.name, "bench-a", False, endpoint, [("ping", "bench/bping")],
-                    [("bench/bpong", "pong")], ready_a, stop, 1, 0)
+                    [("bench/bpong", "pong")], ready_a, stop, 1, fifo, express)
         if not (ready_a.wait(_T) and ready_b.wait(_T)):
             raise TimeoutError("bridges not ready")
         procs.start(_echo_core, region_b.name, "ping", "pong")
