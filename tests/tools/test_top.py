@@ -208,3 +208,43 @@ def test_live_view_with_the_pilot(system: tuple[Region, Hardware]) -> None:
         assert app.return_code in (0, None)
 
     asyncio.run(scenario())
+
+
+def test_snapshot_of_an_rpmsg_link_and_a_pool(region: Region) -> None:
+    """A live RPMsg link (both roles in this process) and a payload pool with slots on loan."""
+    import threading
+
+    from ampipc.rpmsg import open_region
+    from ampipc.rpmsg.echo import run_region_echo_device
+    from ampipc.services.pool import PayloadPool
+
+    pool = PayloadPool.create(region, "frames", slots=4, slot_size=256)
+    loans = [pool.loan(timeout=30), pool.loan(timeout=30)]
+    driver = open_region(region, "link", "driver", create=True, io_thread=True)
+    device_status: list[int] = []
+    device = threading.Thread(target=lambda: device_status.append(run_region_echo_device(region.name, "link")))
+    device.start()
+    try:
+        ept = driver.create_endpoint("rpmsg-openamp-demo-channel")
+        ept.wait_bound(60)
+        for i in range(10):
+            ept.send(b"ping %d" % i)
+            assert ept.receive(60) == b"ping %d" % i
+        snap = take_snapshot(region)
+        ept.destroy()
+    finally:
+        device.join(60)
+        driver.close()
+        for loan in loans:
+            loan.cancel()
+    assert device_status == [0]
+    (link,) = snap.rpmsg
+    assert link.name == "link" and link.status is not None and link.status & 0x04  # DRIVER_OK
+    assert link.driver is not None and link.driver.pid == os.getpid() and link.driver.alive
+    assert link.device is not None and link.device.pid == os.getpid()
+    assert len(link.vrings) == 2 and all(avail > 0 for avail, _ in link.vrings)
+    (frames,) = snap.pools
+    assert frames.name == "frames"
+    assert (frames.statistics["slots"], frames.statistics["in_use"], frames.statistics["loans"]) == (4, 2, 2)
+    text = render_text(snap)
+    assert "rpmsg links" in text and "payload pools" in text and "in_use 2" in text
