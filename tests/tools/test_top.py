@@ -248,3 +248,18 @@ def test_snapshot_of_an_rpmsg_link_and_a_pool(region: Region) -> None:
     assert (frames.statistics["slots"], frames.statistics["in_use"], frames.statistics["loans"]) == (4, 2, 2)
     text = render_text(snap)
     assert "rpmsg links" in text and "payload pools" in text and "in_use 2" in text
+
+
+def test_snapshot_shows_a_bridge_from_its_shared_statistics(region: Region) -> None:
+    from ampipc.bridge.stats import SharedStatistics
+
+    stats = SharedStatistics(region, "uplink", route_capacity=2, zid="0123abcd")
+    stats.add_route(1, "telemetry", "chip/telemetry")
+    snap = take_snapshot(region)
+    (bridge,) = snap.bridges
+    assert (bridge.name, bridge.pid, bridge.alive, bridge.running) == ("uplink", os.getpid(), True, True)
+    assert [(r["direction"], r["local"], r["key"]) for r in bridge.routes] == [("export", "telemetry", "chip/telemetry")]
+    assert not any(o.kind == "zenoh_bridge" for o in snap.others)
+    stats.close()
+    assert not take_snapshot(region).bridges[0].running
+    assert "uplink: pid" in render_text(snap) and "export telemetry <-> chip/telemetry" in render_text(snap)
