@@ -246,7 +246,8 @@ static int fill_message(area_t *a, uint64_t addr, uint32_t src, uint32_t dst, co
     wr16(h + 12, (uint16_t)payload->len);
     wr16(h + 14, 0);
     if (area_check(a, addr + RPMSG_HDR_SIZE, (uint64_t)payload->len) < 0) return -1;
-    memcpy(a->p + addr + RPMSG_HDR_SIZE, payload->buf, (size_t)payload->len);
+    /* memmove: the payload may be a view of this very area (a message forwarded in place) */
+    memmove(a->p + addr + RPMSG_HDR_SIZE, payload->buf, (size_t)payload->len);
     return 0;
 }
 
