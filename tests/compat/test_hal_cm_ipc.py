@@ -163,3 +163,28 @@ def test_the_sample_uses_only_the_firmware_names() -> None:
         assert used.get("hal") and used.get("cm_ipc")
         for module, names in exported.items():
             assert used.get(module, set()) <= names, (module, used.get(module, set()) - names)
+
+
+def test_cmsis_irq_masking_and_events(hw: Hardware) -> None:
+    hal.HAL_Init(hw.core("CM4"))
+    ran = threading.Event()
+    weak = hal.CM4_SEV_IRQHandler
+    hal.CM4_SEV_IRQHandler = ran.set
+    try:
+        hw.core("CM4").set_sev_interrupt_mask(True)
+        hal.HAL_NVIC_EnableIRQ(hal.CM4_SEV_IRQn)
+        hal.__disable_irq()
+        hal.__disable_irq()  # nested
+        hw.core("CM7").sev()  # the other core's SEV: an event and, unmasked, the SEV interrupt
+        assert hal.HAL_NVIC_GetPendingIRQ(hal.CM4_SEV_IRQn) == 1  # stays pending while masked
+        assert not ran.is_set()  # masked: the handler cannot run while the section is held
+        hal.__enable_irq()
+        assert not ran.is_set()  # still one level of masking
+        hal.__enable_irq()
+        assert ran.wait(30)
+        assert hal.__WFE(timeout=30) is True  # the event latched by the same SEV
+        assert hal.__WFE(timeout=0) is False
+        hal.__SEV()  # from the CM4 to the CM7
+        assert hw.core("CM7").wfe(30)
+    finally:
+        hal.CM4_SEV_IRQHandler = weak
