@@ -76,6 +76,7 @@ def test_ipc_channel_and_rpmsg_endpoint_carry_descriptors(region: Any) -> None:
     cm7.start()
     cm4.start()
     try:
+        assert pool.try_receive((cm4, 0)) is None
         loan = pool.loan(timeout=0)
         loan.view[:5] = b"hello"
         loan.commit((cm7, 0), length=5)
@@ -90,6 +91,7 @@ def test_ipc_channel_and_rpmsg_endpoint_carry_descriptors(region: Any) -> None:
         ept = remote.create_endpoint("frames")
         assert bound.wait(10)
         host_ept = host.endpoints[0] if host.endpoints[0].name == "frames" else host.endpoints[1]
+        assert pool.try_receive(ept) is None
         loan = pool.loan(timeout=0)
         loan.view[:3] = b"abc"
         pool.commit(loan, host_ept, b"dir", length=3)
@@ -141,6 +143,16 @@ def test_stale_and_forged_descriptors_are_refused(region: Any, make_region: Any)
     with pytest.raises(StaleDescriptor, match="generation"):
         pool.accept(raw)
     assert zlib.crc32(raw) != 0 and pool.statistics().accepts == 1
+
+
+def test_try_receive_from_a_buffer(region: Any) -> None:
+    pool, buf = _pool(region)
+    assert pool.try_receive(buf) is None
+    pool.commit(pool.loan(timeout=0), buf, length=2)
+    payload = pool.try_receive(buf)
+    assert payload is not None and payload.length == 2
+    payload.release()
+    assert pool.try_receive(buf) is None
 
 
 def test_loan_timeout_try_loan_and_cancel(region: Any) -> None:

@@ -96,6 +96,21 @@ def receive_from(source: Source, timeout: float | None) -> bytes:
     return source.receive(timeout=timeout)
 
 
+def try_receive_from(source: Source) -> bytes | None:
+    """One message if one is there now, else None (a buffer's or channel's try_receive; an endpoint's queue)."""
+    if isinstance(source, tuple):
+        ipc, channel = source
+        return ipc.try_receive(channel)
+    try_receive = getattr(source, "try_receive", None)
+    if try_receive is not None:
+        got = try_receive()
+        return None if got is None else bytes(got)
+    try:
+        return source.receive(timeout=0)
+    except TimeoutError:
+        return None
+
+
 def _numpy() -> Any:
     try:
         import numpy

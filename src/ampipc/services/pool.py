@@ -618,6 +618,11 @@ class PayloadPool:
         """Receive one descriptor from `source` and `accept` it."""
         return self.accept(A.receive_from(source, timeout))
 
+    def try_receive(self, source: A.Source) -> Payload | None:
+        """`receive` without waiting: None when no descriptor is there now."""
+        raw = A.try_receive_from(source)
+        return None if raw is None else self.accept(raw)
+
     def _release(self, payload: Payload) -> None:
         pid, _ = self._pid()
         self._mine.pop(payload.slot, None)
