@@ -437,44 +437,59 @@ class _ImportRoute(Route):
         except (PeerDied, PeerClosed, RegionClosed, IpcError) as e:
             self._fail(e, len(messages) - sent)
 
-    def _messages_of(self, sample: zenoh.Sample) -> list[bytes]:
-        """The whole messages a sample carries (one, or a packed batch), its sequence numbers and lag accounted."""
-        self.samples += 1
-        data = sample.payload.to_bytes()
-        attachment = sample.attachment
-        if attachment is None:
-            return [data]  # a plain Zenoh publisher's sample: the payload is the message
-        raw = attachment.to_bytes()
-        if len(raw) == W.SAMPLE_HEADER.size:
-            epoch, first, published_ns = W.SAMPLE_HEADER.unpack(raw)
-            messages = [data]
-            self.lost += self._tracker.observe(epoch, first)
-        elif len(raw) == W.PACKED_HEADER.size:
-            epoch, first, published_ns, count, _ = W.PACKED_HEADER.unpack(raw)
-            try:
-                messages = W.split_packed(data, count)
-            except ValueError as e:
-                self.drops += max(count, 1)  # refused, and counted: never half a batch
-                log.error("bridge import %s: %s", self.key, e)
-                return []
-            self.lost += self._tracker.observe_batch(epoch, first, count)
-        else:
-            return [data]
-        lag = time.time_ns() - published_ns
-        if lag > 0:
-            self.lag_ns_last = lag
-            if lag > self.lag_ns_max:
-                self.lag_ns_max = lag
-        return messages
+    def _take(self, samples: list[zenoh.Sample], messages: list[bytes]) -> None:
+        """Append the whole messages `samples` carry (one each, or packed batches) to `messages`.
+
+        Accounts sequence numbers (gaps are ``lost``) and the lag of the last one; stops at an
+        exporter's end mark (a DELETE), setting ``_ended``. ampipc samples always carry an
+        attachment, so the sample kind is looked at only for samples without one.
+        """
+        observe = self._tracker.observe
+        single, packed = W.SAMPLE_HEADER, W.PACKED_HEADER
+        published_ns = 0
+        lost = 0
+        for sample in samples:
+            self.samples += 1
+            attachment = sample.attachment
+            if attachment is None:
+                if sample.kind == zenoh.SampleKind.DELETE:
+                    self._ended = True  # the exporter's end-of-stream mark: nothing of it comes after
+                    break
+                messages.append(sample.payload.to_bytes())  # a plain Zenoh publisher's sample
+                continue
+            raw = attachment.to_bytes()
+            if len(raw) == single.size:
+                epoch, first, published_ns = single.unpack(raw)
+                lost += observe(epoch, first)
+                messages.append(sample.payload.to_bytes())
+            elif len(raw) == packed.size:
+                epoch, first, published_ns, count, _ = packed.unpack(raw)
+                try:
+                    messages += W.split_packed(sample.payload.to_bytes(), count)
+                except ValueError as e:
+                    self.drops += max(count, 1)  # refused, and counted: never half a batch
+                    log.error("bridge import %s: %s", self.key, e)
+                    continue
+                lost += self._tracker.observe_batch(epoch, first, count)
+            else:
+                messages.append(sample.payload.to_bytes())
+        self.lost += lost
+        if published_ns:
+            lag = time.time_ns() - published_ns
+            if lag > 0:
+                self.lag_ns_last = lag
+                if lag > self.lag_ns_max:
+                    self.lag_ns_max = lag
 
     def _on_sample(self, sample: zenoh.Sample) -> None:
         """One sample, from Zenoh's receive thread (``fifo_capacity=0``)."""
         with self._delivering:
-            if sample.kind == zenoh.SampleKind.DELETE:
-                self._ended = True  # the exporter's end-of-stream mark; everything before it was delivered
+            messages: list[bytes] = []
+            self._take([sample], messages)
+            if self._ended:
                 self._finished.set()
-                return
-            self._deliver(self._messages_of(sample))
+            if messages:
+                self._deliver(messages)
 
     def _drain_fifo(self) -> None:
         """The route thread with a FIFO: take what is queued (up to 256 samples), write it in one go."""
@@ -492,12 +507,9 @@ class _ImportRoute(Route):
                 break  # undeclared and drained
             messages: list[bytes] = []
             with self._delivering:
-                for sample in samples:
-                    if sample.kind == zenoh.SampleKind.DELETE:
-                        self._ended = True
-                        break
-                    messages += self._messages_of(sample)
-                self._deliver(messages)
+                self._take(samples, messages)
+                if messages:
+                    self._deliver(messages)
 
     def _run(self) -> None:
         if self._handler is not None:
