@@ -448,12 +448,13 @@ class _ImportRoute(Route):
         single, packed = W.SAMPLE_HEADER, W.PACKED_HEADER
         published_ns = 0
         lost = 0
-        for sample in samples:
+        for index, sample in enumerate(samples):
             self.samples += 1
             attachment = sample.attachment
             if attachment is None:
                 if sample.kind == zenoh.SampleKind.DELETE:
                     self._ended = True  # the exporter's end-of-stream mark: nothing of it comes after
+                    self.drops += len(samples) - index - 1  # another exporter's, after the end: counted
                     break
                 messages.append(sample.payload.to_bytes())  # a plain Zenoh publisher's sample
                 continue
