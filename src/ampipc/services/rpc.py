@@ -931,7 +931,9 @@ class Client:
         self._on_close = on_close
         self._ids = itertools.count(1)
         self._send_lock = threading.Lock()
-        self._cv = threading.Condition(threading.Lock())
+        # _lock is _cv's lock: `with self._lock` is the C-level form of `with self._cv` (cheaper)
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)
         self._pending: dict[int, _Pending] = {}
         self._reader_busy = False
         self._sleepers = 0  # threads waiting on _cv (under _cv)
@@ -987,7 +989,7 @@ class Client:
         call_id = next(self._ids)
         data = self._encode_request(call_id, method, args, kwargs, t)
         pending = _Pending(call_id, method, None if t is None else time.monotonic() + t, future, loop)
-        with self._cv:
+        with self._lock:
             self._check_usable()
             self._pending[call_id] = pending
             self._counts["calls"] += 1
@@ -997,7 +999,7 @@ class Client:
             except Timeout:  # the link is full: wait for room off the loop
                 await loop.run_in_executor(None, self._send, data, t)
         except BaseException:
-            with self._cv:
+            with self._lock:
                 self._pending.pop(call_id, None)
             raise
         try:
@@ -1062,19 +1064,19 @@ class Client:
         call_id = next(self._ids)
         data = self._encode_request(call_id, method, args, kwargs, timeout)
         pending = _Pending(call_id, method, None if timeout is None else time.monotonic() + timeout)
-        with self._cv:
+        with self._lock:
             self._check_usable()
             self._pending[call_id] = pending
             self._counts["calls"] += 1
         try:
             self._send(data, timeout)
         except Timeout:
-            with self._cv:
+            with self._lock:
                 self._pending.pop(call_id, None)
                 self._counts["timeouts"] += 1
             raise Timeout(f"remote call {method!r}: the server took no request within {timeout} s") from None
         except BaseException:
-            with self._cv:
+            with self._lock:
                 self._pending.pop(call_id, None)
             raise
         return pending
@@ -1083,7 +1085,7 @@ class Client:
         deadline = p.deadline if limit is None else (limit if p.deadline is None else min(limit, p.deadline))
         while True:
             expired = False
-            with self._cv:
+            with self._lock:
                 while not p.done:
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
@@ -1116,7 +1118,7 @@ class Client:
             except IpcError as exc:
                 error = exc
             finally:
-                with self._cv:
+                with self._lock:
                     self._reader_busy = False
                     if data is not None:
                         self._on_message(data)
@@ -1131,7 +1133,7 @@ class Client:
         return p.value
 
     def _abandon(self, p: _Pending, counter: str) -> bool:
-        with self._cv:
+        with self._lock:
             if self._pending.pop(p.id, None) is None:
                 return False
             self._abandoned.append(p.id)
@@ -1156,6 +1158,12 @@ class Client:
         counts["bytes_received"] += len(data)
         try:
             frame = _codec.decode_to_client(data)
+            if type(frame) is _codec.Reply and not self._reassembler.in_progress:  # the common case
+                p = self._pending.pop(frame.id, None)
+                if p is not None:
+                    counts["completed"] += 1
+                    p.complete(frame.result, None)
+                    return
             if isinstance(frame, _codec.Chunk):
                 whole = self._reassembler.feed(frame)
                 if whole is None:
@@ -1192,7 +1200,7 @@ class Client:
             self._break_locked(PeerClosed(f"the server closed the link: {frame.reason}"))
 
     def _break(self, error: BaseException) -> None:
-        with self._cv:
+        with self._lock:
             self._break_locked(error)
             self._cv.notify_all()
 
@@ -1207,7 +1215,7 @@ class Client:
     def _ensure_async_reader(self) -> None:
         if self._async_reader is not None:
             return
-        with self._cv:
+        with self._lock:
             if self._async_reader is not None:
                 return
             self._check_usable()
@@ -1216,7 +1224,7 @@ class Client:
         thread.start()
 
     def _async_read_loop(self) -> None:
-        with self._cv:
+        with self._lock:
             while self._reader_busy:  # a sync caller is reading: let it finish its turn
                 self._sleepers += 1
                 try:
@@ -1233,7 +1241,7 @@ class Client:
                 except IpcError as exc:
                     self._break(exc)
                     return
-                with self._cv:
+                with self._lock:
                     self._on_message(data)
                     self._cv.notify_all()
         except Exception as exc:
@@ -1242,7 +1250,7 @@ class Client:
 
     # -- lifetime --
     def statistics(self) -> ClientStatistics:
-        with self._cv:
+        with self._lock:
             values = dict(self._counts)
             pending = len(self._pending)
         values["bytes_sent"], values["notifications"] = self._sent  # read without the send lock: a send may block
@@ -1263,7 +1271,7 @@ class Client:
                     self._link.send(_codec.encode(_codec.Bye("the client is closing")), 0.5)
             except (IpcError, TimeoutError):
                 pass
-        with self._cv:
+        with self._lock:
             self._closed = True
             self._break_locked(IpcError(f"client {self.description!r} was closed"))
             self._cv.notify_all()
