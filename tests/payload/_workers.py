@@ -7,6 +7,7 @@ checks each one independently of the sender.
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from typing import Any
@@ -106,8 +107,6 @@ _names = iter(range(1 << 30))
 
 def new_name(tag: str = "p") -> str:
     """A fresh ``ampipc-test-<pid>-<tag><n>`` region name (the session leak guard watches these)."""
-    import os
-
     return f"ampipc-test-{os.getpid()}-{tag}{next(_names)}"
 
 
@@ -144,3 +143,16 @@ def dma_into_region(region_name: str, offset: int, frames: int, size: int, resul
         results.put(("ok", frames))
     except BaseException as exc:
         results.put(("failed", repr(exc)))
+
+
+def claim_dma_channel(region_name: str, number: int, claimed: Any, leave: Any) -> None:
+    """Claim a DMA channel, say so, and exit at `leave` without giving it back (as a crash would)."""
+    from ampipc.hw import Hardware
+    from ampipc.hw.dma import DmaController
+
+    region = Region.attach(region_name)
+    dma = DmaController.attach(region, Hardware.attach(region))
+    dma.channel(number)
+    claimed.set()
+    leave.wait(GENEROUS)
+    os._exit(0)

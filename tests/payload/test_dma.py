@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ampipc import IpcError, Region
+from ampipc import IpcError, Region, ResourceExhausted
 from ampipc.hw import Hardware
 from ampipc.hw.dma import FLAG_HTIF, FLAG_TCIF, FLAG_TEIF, DmaController, DmaError, Priority, RegionAddress
 from ampipc.services import PayloadPool
@@ -251,3 +251,18 @@ def test_half_transfer_interrupt_comes_after_the_first_half(chip: Any) -> None:
         assert done.wait(W.GENEROUS)
         assert bytes(region.view[off : off + size]) == source
     assert seen == [(FLAG_HTIF, True)] * 5
+
+
+def test_a_channel_held_by_a_live_process_is_refused_and_a_dead_ones_taken_over(chip: Any, spawn: Any) -> None:
+    region, _, dma = chip
+    claimed, leave = spawn.ctx.Event(), spawn.ctx.Event()
+    child = spawn(W.claim_dma_channel, region.name, 2, claimed, leave)
+    assert claimed.wait(W.GENEROUS)
+    assert dma.statistics(2).owner_pid == child.pid
+    with pytest.raises(ResourceExhausted):
+        dma.channel(2)
+    leave.set()
+    assert spawn.join(child) == 0
+    ch = dma.channel(2)  # its owner is gone: taken over
+    assert dma.statistics(2).owner_pid == os.getpid()
+    ch.copy(b"ok", bytearray(2), timeout=W.GENEROUS)
