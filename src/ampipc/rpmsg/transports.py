@@ -495,6 +495,10 @@ class FutexDoorbell:
                 self.spins_won += 1
                 self._seen = now
                 return True
+            timeout -= time.perf_counter() - started  # the spin counts against the caller's timeout
+            if timeout <= 0:
+                self._spin_now = max(self.spin / 16, spin / 2)
+                return False
         m.store_u32(self._wait + 4, 1)
         try:
             now = m.load_u32(self._wait)
