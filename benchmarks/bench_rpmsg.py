@@ -14,6 +14,10 @@ In the same run, a MessageBuffer pair in a Region (a spawn child echoing, both s
 default spin) gives the reference round trip; each RPMsg row carries its ratio to it
 (``vs MessageBuffer``; target for the Region transport: <= 2x).
 
+The protocol core alone is measured too, without processes or doorbells: a driver and a device
+``RpmsgVirtio`` over one byte image in this process, a message down and its echo back per round
+trip, on the C path and on the pure-Python reference (the cost the fast path removes).
+
 Every echo is compared with what was sent, so a broken link cannot look fast.
 """
 
@@ -32,7 +36,10 @@ from contextlib import contextmanager
 
 from ampipc import MessageBuffer, Region
 from ampipc.rpmsg import DEMO_CHANNEL, RpmsgDevice, open_linux, open_region
+from ampipc.rpmsg._window import Window
 from ampipc.rpmsg.echo import run_echo_device, run_region_echo_device
+from ampipc.rpmsg.rpmsg_virtio import Role, RpmsgVirtio
+from ampipc.rpmsg.transports import demo_table
 from ampipc.rpmsg.virtqueue import PURE_PATH_ENV
 
 WINDOW = 32
@@ -44,6 +51,35 @@ def _linux_child(shm: str, sock: str) -> None:
 
 def _region_child(region_name: str) -> None:
     raise SystemExit(run_region_echo_device(region_name, "bench", DEMO_CHANNEL))
+
+
+def _run_core(size: int, fast: bool, round_trips: int) -> dict[str, Any]:
+    """Both protocol cores in this process over one byte image: the per-round-trip protocol cost."""
+    mem = bytearray(0x80000)
+    Window(mem).write(0, demo_table())
+    drv = RpmsgVirtio(Window(mem), Role.DRIVER, pool_offset=0x10000, pool_size=0x40000, fast=fast)
+    dev = RpmsgVirtio(Window(mem), Role.DEVICE, pool_offset=0x10000, pool_size=0x40000, fast=fast)
+    drv.start_driver()
+    assert dev.device_ready()
+    dev.start_device()
+    msg = (bytes(range(256)) * 2)[:size]
+    per_round_trip = []
+    for _ in range(5):
+        t0 = time.perf_counter_ns()
+        for _ in range(round_trips):
+            drv.try_send(0x400, 0x400, msg)
+            (down,) = dev.poll()
+            dev.try_send(0x400, 0x400, down.payload)  # type: ignore[union-attr]
+            (up,) = drv.poll()
+        per_round_trip.append((time.perf_counter_ns() - t0) / round_trips)
+        if up.payload != msg:  # type: ignore[union-attr]
+            raise RuntimeError("echo differs")
+    return {
+        "transport": "protocol core only, C path" if fast else "protocol core only, pure Python",
+        "payload_bytes": size,
+        "round_trip_us_median": statistics.median(per_round_trip) / 1000,
+        "round_trip_us_p99": max(per_round_trip) / 1000,
+    }
 
 
 def _buffer_child(region_name: str) -> None:
@@ -127,7 +163,7 @@ def _measure(device: RpmsgDevice, size: int, round_trips: int, streamed: int) ->
     samples.sort()
     in_flight = 0
     sent = received = 0
-    t0 = time.perf_counter()
+    started = time.perf_counter()
     while received < streamed:
         while in_flight < WINDOW and sent < streamed and ept.try_send(msg):
             sent += 1
@@ -136,7 +172,7 @@ def _measure(device: RpmsgDevice, size: int, round_trips: int, streamed: int) ->
             raise RuntimeError("echo differs")
         received += 1
         in_flight -= 1
-    elapsed = time.perf_counter() - t0
+    elapsed = time.perf_counter() - started
     ept.destroy()
     return {
         "payload_bytes": size,
@@ -200,6 +236,8 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         for row in measured:
             row["vs MessageBuffer"] = row["round_trip_us_median"] / reference["round_trip_us_median"]
         rows += [*measured, reference]
+    for size in (64, 496):
+        rows += [_run_core(size, True, n_rt), _run_core(size, False, n_rt)]
     return rows
 
 
@@ -208,11 +246,18 @@ def main() -> int:
     print(f"{'transport':38} {'bytes':>5} {'rtt median us':>14} {'rtt p99 us':>11} {'msgs/s':>9} {'vs MessageBuffer':>17}")
     for r in rows:
         rate = f"{r['msgs_per_s']:9.0f}" if "msgs_per_s" in r else f"{'-':>9}"
-        ratio = f"{r['vs MessageBuffer']:16.2f}x" if "vs MessageBuffer" in r else f"{'1.00x':>17}"
+        if "vs MessageBuffer" in r:
+            ratio = f"{r['vs MessageBuffer']:16.2f}x"
+        else:
+            ratio = f"{'1.00x' if r['transport'].startswith('MessageBuffer') else '-':>17}"
         print(
             f"{r['transport']:38} {r['payload_bytes']:5d} {r['round_trip_us_median']:14.1f} "
             f"{r['round_trip_us_p99']:11.1f} {rate} {ratio}"
         )
+    cores = {(r["transport"], r["payload_bytes"]): r["round_trip_us_median"] for r in rows}
+    for size in (64, 496):
+        fast, pure = cores[("protocol core only, C path", size)], cores[("protocol core only, pure Python", size)]
+        print(f"protocol core, {size} B: C path {fast:.1f} us, pure Python {pure:.1f} us per round trip ({pure / fast:.1f}x)")
     for r in rows:
         if r["transport"] == "region (futex doorbell)":
             verdict = "met" if r["vs MessageBuffer"] <= 2.0 else "NOT met"
