@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -92,6 +93,43 @@ def test_remote_call_reaches_a_core_through_the_bridge(spawn: Any, make_region: 
         close_session(session)
         stop.set()
     assert spawn.join(core) == 0
+
+
+def _remote_client(endpoint: str, key: str, ready: Any) -> None:
+    """Child target: a client on another host that calls once, then stays until killed."""
+    session = open_session(connect=[endpoint])
+    client = connect_service(session, key, timeout=S.GENEROUS)
+    assert client.call("add", 40, 2) == 42
+    ready.set()
+    threading.Event().wait(S.GENEROUS * 2)
+
+
+def test_a_killed_remote_client_ends_its_connection(spawn: Any, make_region: Any, unique_name: Any) -> None:
+    region = make_region(1 << 21)
+    endpoint = S.free_endpoint()
+    key = f"ampipc-test/{os.getpid()}/{unique_name()}/dies"
+    session = open_session(listen=[endpoint])
+    server = Server()
+    server.register(_add, "add")
+    bridge = ZenohBridge(region, session, name="svc")
+    try:
+        export = bridge.export_service(server, key)
+        ready = spawn.ctx.Event()
+        child = spawn(_remote_client, endpoint, key, ready)
+        assert ready.wait(S.GENEROUS)
+        assert export.statistics().clients_now == 1 and len(server.connections) == 1
+        os.kill(child.pid, signal.SIGKILL)
+        assert spawn.join(child) == -signal.SIGKILL
+        deadline = time.monotonic() + S.GENEROUS
+        while export.statistics().clients_now or server.connections:
+            assert time.monotonic() < deadline, "the dead client's connection was not ended"
+            time.sleep(0.02)
+        stats = export.statistics()
+        assert (stats.clients_total, stats.failures) == (1, 0)
+    finally:
+        bridge.close()
+        server.close()
+        close_session(session)
 
 
 def test_a_server_in_the_bridge_process(make_region: Any, unique_name: Any) -> None:

@@ -253,6 +253,22 @@ def test_packed_samples_keep_every_message_whole_and_in_order(make_region: Any, 
         p.close()
 
 
+def test_a_lost_importer_closes_the_source_with_on_peer_lost_close(pair: Pair) -> None:
+    out = MessageBuffer.create(pair.a_region, "out", 4096)
+    inbox = MessageBuffer.create(pair.b_region, "in", 1 << 16)
+    exporting = pair.a.export("out", pair.key, on_peer_lost="close")
+    pair.b.import_(pair.key, inbox)
+    pair.a.wait_peers(S.GENEROUS)
+    out.send(S.make_message(0), timeout=S.GENEROUS)
+    S.check_message(inbox.receive(timeout=S.GENEROUS), 0)
+    pair.b.close()
+    close_session(pair.b_session)  # host B goes away
+    _until(lambda: exporting.state == "peer lost", "the exporter to see its importer go")
+    with pytest.raises(PeerClosed):  # the local writer is told, not left to fill the buffer
+        for seq in range(1, 1000):
+            out.send(S.make_message(seq), timeout=S.GENEROUS)
+
+
 def test_drop_on_congestion_counts_every_drop(make_region: Any, unique_name: Any) -> None:
     p = Pair(make_region, unique_name, congestion="drop", fifo_capacity=4)
     try:
