@@ -130,7 +130,6 @@ class Route:
         self._peers: set[str] = set()
         self._peer_present = threading.Event()
         self._peer_gone = threading.Event()
-        self._ever_had_peer = False
         self.state = "waiting"
         self.messages = 0
         self.bytes = 0
@@ -156,7 +155,6 @@ class Route:
         with self._lock:
             if sample.kind == zenoh.SampleKind.PUT:
                 self._peers.add(token)
-                self._ever_had_peer = True
                 self._peer_gone.clear()
                 self._peer_present.set()
                 if self.state in ("waiting", "peer lost"):
