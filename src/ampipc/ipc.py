@@ -29,7 +29,7 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 import time
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from . import _layout as L
 from .buffers import BufferStatistics, MessageBuffer
@@ -367,7 +367,7 @@ class Ipc:
         with self.core.critical_section():
             return bool(tx.try_send(data))
 
-    def send_many(self, channel: int, messages: Sequence[Any], timeout: float | None = None) -> int:
+    def send_many(self, channel: int, messages: Sequence[Buffer], timeout: float | None = None) -> int:
         """Send each message whole, in order, in as few ring writes as room allows; returns how many were sent.
 
         Waits for room until `timeout` (None: until all are sent; 0: never); each write runs in the
@@ -386,7 +386,7 @@ class Ipc:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if left == 0.0:
                 return sent
-            if not tx.wait_writable(memoryview(items[sent]).nbytes, timeout=left):
+            if not tx.wait_writable(memoryview(items[sent]).nbytes, timeout=left):  # type: ignore[arg-type]  # see send
                 with critical():
                     return sent + tx.send_many(items[sent:], timeout=0)
 
