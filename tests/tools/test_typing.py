@@ -35,6 +35,7 @@ def use(region: Region, ipc: Ipc) -> None:
     ipc.send(0, samples)
     ipc.try_send(0, b"bytes")
     ipc.send_from_isr(0, samples[::1])
+    ipc.send_many(0, [samples, b"header", bytearray(2)])
     Ipc.init(region, channels=1, strategy="toggle")
     freertos.xMessageBufferSend(mb, samples, 16, freertos.portMAX_DELAY)
     freertos.xStreamBufferReceive(sb, np.empty(8, dtype=np.uint8), 8, 0)
