@@ -180,6 +180,9 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from benchmarks.run_all import format_rows
 
     print(format_rows(run("--quick" in sys.argv)))

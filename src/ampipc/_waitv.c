@@ -422,6 +422,207 @@ static PyObject *mod_fetch_add(PyObject *self, PyObject *args) {
     return PyLong_FromUnsignedLong(x);
 }
 
+/* ---- rings: announce, re-check and sleep on many ring buffers in one call ---------------------- */
+
+/* Ring header offsets (ampipc/_layout.py, _native/layout.h): the words this module reads or stores. */
+#define R_FLAGS 4
+#define R_LENGTH 8
+#define R_TRIGGER 16
+#define R_PREFIX 20
+#define R_HEAD 64
+#define R_TAIL 128
+#define R_TX_WAITING 192
+#define R_RX_WAITING 196
+#define R_WRITER_CLOSED 200
+#define R_READER_CLOSED 204
+#define R_HEADER 256
+#define EV_READ 1
+#define EV_WRITE 2
+
+static inline uint32_t ld(const unsigned char *h, int off) { return __atomic_load_n((const uint32_t *)(h + off), __ATOMIC_SEQ_CST); }
+static inline void st(unsigned char *h, int off, uint32_t v) { __atomic_store_n((uint32_t *)(h + off), v, __ATOMIC_SEQ_CST); }
+
+/* The events of `want` a ring is ready for (the same rules as ampipc.waiting._RingSource.ready).
+ * A header that does not hold together is reported ready: the operation then raises CorruptRegion. */
+static int ring_ready_mask(const unsigned char *h, Py_ssize_t room_to_end, int want) {
+    uint32_t length = ld(h, R_LENGTH);
+    if (length < 2 || (Py_ssize_t)length > room_to_end) return want;
+    uint32_t head = ld(h, R_HEAD), tail = ld(h, R_TAIL);
+    if (head >= length || tail >= length) return want;
+    int message = ld(h, R_FLAGS) & 1u;
+    int mask = 0;
+    if (want & EV_READ) {
+        uint32_t avail = head >= tail ? head - tail : length + head - tail;
+        uint32_t need = 1;
+        if (!message) {
+            uint32_t trigger = ld(h, R_TRIGGER);
+            if (trigger != 0 && trigger < length) need = trigger;
+        }
+        if (avail >= need || ld(h, R_WRITER_CLOSED)) mask |= EV_READ;
+    }
+    if (want & EV_WRITE) {
+        uint32_t spaces = tail > head ? tail - head - 1 : length + tail - head - 1;
+        uint32_t room = 0;
+        if (message) {
+            room = ld(h, R_PREFIX);
+            if (room != 1 && room != 2 && room != 4 && room != 8) room = 4;
+        }
+        if (spaces > room || ld(h, R_READER_CLOSED)) mask |= EV_WRITE;
+    }
+    return mask;
+}
+
+typedef struct {
+    unsigned char *h;
+    int events;
+} ring_ref;
+
+static PyObject *ready_list(const ring_ref *rings, Py_ssize_t n, Py_ssize_t size, unsigned char *base) {
+    PyObject *out = PyList_New(0);
+    if (out == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int mask = ring_ready_mask(rings[i].h, size - (rings[i].h - base) - R_HEADER, rings[i].events);
+        if (!mask) continue;
+        PyObject *item = Py_BuildValue("(ni)", i, mask);
+        if (item == NULL || PyList_Append(out, item) < 0) {
+            Py_XDECREF(item);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(item);
+    }
+    return out;
+}
+
+/* wait_rings(mapping, rings, extra=(), timeout=None, fallback=False) -> list[(index, mask)]
+ * rings: (header offset, events) pairs of one mapping. The ready ones, checked first without
+ * announcing; otherwise announce in each waiting word, re-check, sleep on every index word (and
+ * the `extra` words) for at most `timeout`, clear the waiting words and check once more. [] when
+ * nothing was ready by then (the caller loops, re-checking liveness and its deadline). */
+static PyObject *mod_wait_rings(PyObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"mapping", "rings", "extra", "timeout", "fallback", NULL};
+    PyObject *mapping, *rings_obj, *extra_obj = NULL, *timeout_obj = Py_None;
+    int force_fallback = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|OOp", kwlist, &mapping, &rings_obj, &extra_obj, &timeout_obj,
+                                     &force_fallback))
+        return NULL;
+    int64_t timeout_ns;
+    if (parse_timeout(timeout_obj, &timeout_ns) < 0) return NULL;
+    PyObject *seq = PySequence_Fast(rings_obj, "rings must be a sequence of (offset, events) pairs");
+    if (seq == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n < 1 || n > MAX_TOTAL_WORDS / 2) {
+        Py_DECREF(seq);
+        return PyErr_Format(PyExc_ValueError, "between 1 and %d rings, not %zd", MAX_TOTAL_WORDS / 2, n);
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(mapping, &view, PyBUF_WRITABLE) < 0) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    unsigned char *base = (unsigned char *)view.buf;
+    PyObject *result = NULL;
+    word_set extra;
+    memset(&extra, 0, sizeof(extra));
+    ring_ref *rings = PyMem_Calloc((size_t)n, sizeof(ring_ref));
+    word_t *words = NULL;
+    if (rings == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t off;
+        int events;
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyTuple_Check(item) || !PyArg_ParseTuple(item, "ni", &off, &events)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "ring %zd must be an (offset, events) pair", i);
+            goto done;
+        }
+        if (off < 0 || off % 64 != 0 || off > view.len - R_HEADER || ((uintptr_t)(base + off) & 3u)) {
+            PyErr_Format(PyExc_IndexError, "ring offset %zd is not a 64-byte aligned header inside the mapping", off);
+            goto done;
+        }
+        if (events < 1 || events > (EV_READ | EV_WRITE)) {
+            PyErr_Format(PyExc_ValueError, "events of ring %zd must be 1, 2 or 3, not %d", i, events);
+            goto done;
+        }
+        rings[i].h = base + off;
+        rings[i].events = events;
+    }
+    if (extra_obj != NULL && extra_obj != Py_None && PySequence_Size(extra_obj) > 0) {
+        if (word_set_parse(extra_obj, &extra) < 0) goto done;
+    } else if (PyErr_Occurred())
+        goto done;
+
+    /* 1. the fast path: something is ready, nothing is stored */
+    result = ready_list(rings, n, view.len, base);
+    if (result == NULL || PyList_GET_SIZE(result) > 0 || timeout_ns == 0) goto done;
+    Py_CLEAR(result);
+
+    /* 2. announce, re-check: a publication from now on either is seen here or finds the flag */
+    int nwords = extra.n;
+    for (Py_ssize_t i = 0; i < n; i++) nwords += (rings[i].events & EV_READ ? 1 : 0) + (rings[i].events & EV_WRITE ? 1 : 0);
+    words = PyMem_Calloc((size_t)nwords, sizeof(word_t));
+    if (words == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int k = 0;
+    for (int i = 0; i < extra.n; i++) words[k++] = extra.words[i];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char *h = rings[i].h;
+        if (rings[i].events & EV_READ) {
+            words[k].addr = (uint32_t *)(h + R_HEAD);
+            words[k++].expected = ld(h, R_HEAD);
+            st(h, R_RX_WAITING, 1);
+        }
+        if (rings[i].events & EV_WRITE) {
+            words[k].addr = (uint32_t *)(h + R_TAIL);
+            words[k++].expected = ld(h, R_TAIL);
+            st(h, R_TX_WAITING, 1);
+        }
+    }
+    int any_ready = 0;
+    for (Py_ssize_t i = 0; i < n && !any_ready; i++)
+        any_ready = ring_ready_mask(rings[i].h, view.len - (rings[i].h - base) - R_HEADER, rings[i].events) != 0;
+    int r = -1;
+    if (!any_ready) {
+        /* 3. sleep on every index word at once */
+        int64_t slice = timeout_ns < 0 || timeout_ns > SLICE_NS ? SLICE_NS : timeout_ns;
+        int64_t deadline = now_ns() + slice;
+        int use_waitv = !force_fallback && probe_waitv();
+        unsigned rotor = 0;
+        Py_BEGIN_ALLOW_THREADS
+        if (!use_waitv) {
+            do r = wait_fallback(words, nwords, deadline, &rotor);
+            while (r == -2 && now_ns() < deadline);
+        } else if (nwords <= KERNEL_MAX_WORDS)
+            r = waitv_chunk(words, nwords, NULL, deadline);
+        else
+            r = waitv_many(words, nwords, deadline);
+        Py_END_ALLOW_THREADS
+    }
+    /* 4. the waiting words back to 0, as the core does after its own sleep */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (rings[i].events & EV_READ) st(rings[i].h, R_RX_WAITING, 0);
+        if (rings[i].events & EV_WRITE) st(rings[i].h, R_TX_WAITING, 0);
+    }
+    if (r == -4) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (PyErr_CheckSignals() < 0) goto done;
+    result = ready_list(rings, n, view.len, base);
+done:
+    PyMem_Free(words);
+    PyMem_Free(rings);
+    word_set_release(&extra);
+    PyBuffer_Release(&view);
+    Py_DECREF(seq);
+    return result;
+}
+
 static PyObject *mod_available(PyObject *self, PyObject *unused) { return PyBool_FromLong(probe_waitv()); }
 
 static PyMethodDef module_methods[] = {
@@ -431,6 +632,9 @@ static PyMethodDef module_methods[] = {
     {"wake", mod_wake, METH_VARARGS, "wake(buffer, offset) -> int: wake every sleeper on the word."},
     {"load", mod_load, METH_VARARGS, "load(buffer, offset) -> int: atomic (seq_cst) load of a u32."},
     {"fetch_add", mod_fetch_add, METH_VARARGS, "fetch_add(buffer, offset, value) -> int: atomic add, old value."},
+    {"wait_rings", (PyCFunction)(void (*)(void))mod_wait_rings, METH_VARARGS | METH_KEYWORDS,
+     "wait_rings(mapping, rings, extra=(), timeout=None, fallback=False) -> [(index, mask)]: announce, "
+     "re-check and sleep on many ring buffers of one mapping (one slice); [] when none became ready."},
     {"available", mod_available, METH_NOARGS, "True if the kernel has futex_waitv (Linux 5.16+)."},
     {NULL, NULL, 0, NULL},
 };

@@ -31,8 +31,8 @@ wrapped where the loop allows it; the waker also notices a closed loop within 10
 
 `attach()` (run when ampipc is imported) adds the methods to `MessageBuffer`, `StreamBuffer`,
 `Ipc` and the RPMsg `Endpoint`: ``send_async``, ``receive_async``, ``receive_into_async``,
-``write_async``, ``read_async``, ``__aiter__``, and ``__iter__`` (iteration that ends at
-`PeerClosed`); the same functions are usable directly (``await aio.receive(buf)``).
+``write_async``, ``read_async`` and ``__aiter__`` (``async for``, which ends at `PeerClosed` as
+the buffers' own ``for`` does); the same functions are usable directly (``await aio.receive(buf)``).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
 from . import _waitv
@@ -71,6 +71,7 @@ __all__ = [
     "ipc_receive",
     "endpoint_receive",
     "messages",
+    "chunks",
     "waker_statistics",
 ]
 
@@ -90,24 +91,26 @@ def _running_loop(what: str) -> asyncio.AbstractEventLoop:
 
 
 class _Interest:
-    __slots__ = ("obj", "source", "events", "waiters")
+    __slots__ = ("obj", "source", "events", "waiters", "outstanding")
 
     def __init__(self, obj: object, source: _Source, events: int) -> None:
         self.obj = obj
         self.source = source
         self.events = events
         self.waiters: deque[asyncio.Future[bool]] = deque()
+        self.outstanding = 0  # waiters woken by a hand-over that have not made their attempt yet
 
 
 class _Waker:
     """One per event loop: a thread sleeping on every awaited object's words, reporting through an eventfd.
 
     An object the thread reported ready is *handed over* to the loop (``reported``): the thread stops
-    watching it and the loop wakes its waiters one at a time. The woken waiter makes its attempt;
-    if it got something it hands the object on to the next waiter (there may be more), if it got
-    nothing it hands the object back to the thread (`rearm`). So n waiters on one buffer cost O(n)
-    wake-ups per message burst, not O(n) per message; a woken waiter that is cancelled before it
-    runs hands on too, so no readiness is lost with it.
+    watching it and the loop wakes as many of its waiters as the object can satisfy (a message
+    buffer: at most one per length prefix it holds; otherwise one). Each woken waiter makes its
+    attempt: one that got something wakes the next waiter (there may be more), one that got nothing
+    is done; when the last woken waiter got nothing, the object goes back to the thread. So n
+    waiters on one buffer cost O(n) wake-ups per burst, not O(n) per message, and a woken waiter
+    that is cancelled before it runs hands on, so no readiness is lost with it.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -116,7 +119,7 @@ class _Waker:
         self.control = bytearray(4)
         self.lock = threading.Lock()
         self.interests: dict[_Key, _Interest] = {}
-        self.sources: dict[int, tuple[object, _Source]] = {}
+        self.sources: dict[int, list[Any]] = {}  # id(obj) -> [obj, source, interests using it]
         self.reported: set[_Key] = set()
         self.fired: deque[_Key] = deque()
         self.stopping = False
@@ -129,82 +132,104 @@ class _Waker:
     # ---- loop thread ---------------------------------------------------------------------------
 
     def add(self, obj: object, events: int, *, rearm: bool = False) -> tuple[_Key, asyncio.Future[bool]]:
-        """A new waiter for (obj, events); `rearm`: also hand the object back to the thread."""
+        """A new waiter for (obj, events); `rearm`: it was woken before and found nothing."""
         key = (id(obj), events)
+        if rearm:
+            self.release(key, got_something=False)
         fut: asyncio.Future[bool] = self.loop.create_future()
         with self.lock:
             interest = self.interests.get(key)
-            poke = rearm and key in self.reported
+            poke = interest is None
             if interest is None:
                 cached = self.sources.get(id(obj))
                 if cached is None or cached[0] is not obj:
-                    cached = (obj, _source_for(obj))
-                    self.sources[id(obj)] = cached
+                    cached = self.sources[id(obj)] = [obj, _source_for(obj), 0]
+                cached[2] += 1
                 interest = self.interests[key] = _Interest(obj, cached[1], events)
-                poke = True
             interest.waiters.append(fut)
-            if rearm:
-                self.reported.discard(key)
         if poke:
             self._poke()
         return key, fut
 
     def remove(self, key: _Key, fut: asyncio.Future[bool]) -> None:
-        """A waiter that was not woken by a report goes away (cancelled, or its timer fired)."""
+        """A waiter that was not woken by a hand-over goes away (cancelled, or its timer fired)."""
         with self.lock:
             interest = self.interests.get(key)
             if interest is None:
                 return
             with contextlib.suppress(ValueError):
                 interest.waiters.remove(fut)
-            if not interest.waiters:
+            if not interest.waiters and not interest.outstanding:
                 self._drop(key)
 
     def release(self, key: _Key, *, got_something: bool) -> None:
-        """A waiter woken by a report is done: hand the object on to the next waiter, or back to the thread."""
+        """A waiter woken by a hand-over made its attempt (or was cancelled: `got_something`=True)."""
+        poke = False
         with self.lock:
-            if got_something:
-                self._wake_next(key)
-                return
             interest = self.interests.get(key)
-            if interest is None or not interest.waiters:
-                if interest is not None:
-                    self._drop(key)
+            if interest is None:
                 self.reported.discard(key)
                 return
-            self.reported.discard(key)
-        self._poke()
+            interest.outstanding = max(0, interest.outstanding - 1)
+            if got_something:
+                self._wake(key, interest, 1)
+            elif not interest.outstanding:
+                poke = self._hand_back(key, interest)
+        if poke:
+            self._poke()
+
+    def _hand_back(self, key: _Key, interest: _Interest) -> bool:  # with the lock held
+        """The object goes back to the thread's watch (True: poke it), or away if nobody waits."""
+        if not interest.waiters:
+            self._drop(key)
+            return False
+        self.reported.discard(key)
+        return True
 
     def _drop(self, key: _Key) -> None:  # with the lock held
         del self.interests[key]
         self.reported.discard(key)
-        if not any(k[0] == key[0] for k in self.interests):
-            self.sources.pop(key[0], None)
+        cached = self.sources.get(key[0])
+        if cached is not None:
+            cached[2] -= 1
+            if cached[2] <= 0:
+                del self.sources[key[0]]
 
-    def _wake_next(self, key: _Key) -> None:  # with the lock held; the object stays handed over
-        interest = self.interests.get(key)
-        if interest is None:
-            self.reported.discard(key)
-            return
-        while interest.waiters:
+    def _wake(self, key: _Key, interest: _Interest, count: int) -> bool:  # with the lock held
+        """Wake up to `count` waiters; if none is left to wake and none is out, hand back (True: poke)."""
+        while count > 0 and interest.waiters:
             fut = interest.waiters.popleft()
             if not fut.done():
                 fut.set_result(True)
-                return
-        self._drop(key)
+                interest.outstanding += 1
+                count -= 1
+        if not interest.outstanding:
+            return self._hand_back(key, interest)
+        return False
 
     def _poke(self) -> None:
         _waitv.fetch_add(self.control, 0, 1)
         _waitv.wake(self.control, 0)
 
     def _on_ready(self) -> None:
-        with contextlib.suppress(BlockingIOError):
+        with contextlib.suppress(OSError):  # empty (BlockingIOError), or closed
             os.eventfd_read(self.efd)
+        poke = False
         with self.lock:
             keys = list(self.fired)
             self.fired.clear()
             for key in keys:
-                self._wake_next(key)
+                interest = self.interests.get(key)
+                if interest is None:
+                    self.reported.discard(key)
+                    continue
+                try:
+                    count = interest.source.wake_hint(interest.events)
+                except Exception:  # noqa: BLE001 - a closed region: one waiter goes to find the error
+                    count = 1
+                poke |= self._wake(key, interest, count)
+        if poke:
+            self._poke()
 
     def stop(self) -> None:
         if self.stopping:
@@ -216,8 +241,7 @@ class _Waker:
         with contextlib.suppress(Exception):
             if not self.loop.is_closed():
                 self.loop.remove_reader(self.efd)
-        with contextlib.suppress(OSError):
-            os.close(self.efd)
+        self._close_fd()
         with self.lock:
             waiters = [f for i in self.interests.values() for f in i.waiters]
             self.interests.clear()
@@ -227,10 +251,18 @@ class _Waker:
 
     # ---- waker thread --------------------------------------------------------------------------
 
+    def _close_fd(self) -> None:
+        with self.lock:
+            fd, self.efd = self.efd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
     def _run(self) -> None:
         while not self.stopping:
-            if self.loop.is_closed():
+            if self.loop.is_closed():  # a loop whose close() could not be wrapped (uvloop)
                 self.stopping = True
+                self._close_fd()
                 break
             with self.lock:
                 seen = _waitv.load(self.control, 0)
@@ -252,7 +284,7 @@ class _Waker:
                 self.reports += 1
                 try:
                     os.eventfd_write(self.efd, 1)
-                except OSError:
+                except (OSError, ValueError):  # closed under us: the loop is going away
                     break
 
     @staticmethod
@@ -573,18 +605,20 @@ async def messages(buf: MessageBuffer) -> AsyncIterator[bytes]:
         yield message
 
 
-def _iterate(buf: MessageBuffer) -> Iterator[bytes]:
-    """``for message in buf``: blocking receives until the peer closes (`PeerClosed` ends it)."""
+async def chunks(buf: StreamBuffer) -> AsyncIterator[bytes]:
+    """``async for chunk in stream``: what the stream holds, chunk by chunk, until the writer closes."""
+    loop = _running_loop("async for")
     while True:
         try:
-            yield buf.receive()
+            chunk = await _read(loop, buf, buf.capacity, None)
         except PeerClosed:
             return
+        yield chunk
 
 
-def _aiter(buf: MessageBuffer) -> AsyncIterator[bytes]:
+def _aiter(buf: MessageBuffer | StreamBuffer) -> AsyncIterator[bytes]:
     _running_loop("async for")
-    return messages(buf)
+    return messages(buf) if isinstance(buf, MessageBuffer) else chunks(buf)
 
 
 _ATTACHED = False
@@ -602,7 +636,7 @@ def attach() -> None:
         (MessageBuffer, "receive_async", receive),
         (MessageBuffer, "receive_into_async", receive_into),
         (MessageBuffer, "__aiter__", _aiter),
-        (MessageBuffer, "__iter__", _iterate),
+        (StreamBuffer, "__aiter__", _aiter),
         (StreamBuffer, "write_async", write),
         (StreamBuffer, "read_async", read),
         (Ipc, "send_async", ipc_send),

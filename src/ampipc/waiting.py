@@ -113,10 +113,6 @@ class Channel:
         self.ipc.send(self.channel, data, timeout=timeout)
 
 
-# The close flags of the ring header's line 3 (stored by a side's close(), cleared when a new
-# holder takes the role or, for the reader, once PeerClosed has been reported).
-_OFF_WRITER_CLOSED = L.RING_OFF_WRITER_CLOSED
-_OFF_READER_CLOSED = L.RING_OFF_READER_CLOSED
 _OFF_PREFIX = 20  # u32 prefix size, a constant of the header's line 0 (see ampipc._layout)
 
 
@@ -128,6 +124,7 @@ class _Source(Protocol):
     def arm(self, events: int, words: list[Word]) -> None: ...
     def disarm(self, events: int) -> None: ...
     def slice_check(self, events: int) -> int: ...
+    def wake_hint(self, events: int) -> int: ...
 
 
 class _RingSource:
@@ -154,7 +151,7 @@ class _RingSource:
         self.mapping.load_u32(self.head)  # RegionClosed now, at registration, for a closed region
 
     def ready(self, events: int) -> int:
-        if getattr(self.buffer, "closed", False):
+        if self.buffer.closed:
             raise RegionClosed(f"buffer {self.buffer.name!r} was closed")
         m = self.mapping
         head = m.load_u32(self.head)
@@ -198,6 +195,15 @@ class _RingSource:
         if events & WRITABLE:
             m.store_u32(self.tx_flag, 0)
 
+    def wake_hint(self, events: int) -> int:
+        """How many waiting readers the contents can satisfy at most (one per length prefix held)."""
+        if events != READABLE or not self.is_message:
+            return 1
+        m = self.mapping
+        head, tail = m.load_u32(self.head), m.load_u32(self.tail)
+        avail = (head - tail if head >= tail else self.length + head - tail) if max(head, tail) < self.length else 0
+        return max(1, avail // max(1, self.room))
+
     def slice_check(self, events: int) -> int:
         """After a sleep slice ran out: a side whose peer died is ready (its call raises PeerDied)."""
         mask = 0
@@ -214,8 +220,7 @@ class _RingSource:
 
 def _peer_closed(buffer: MessageBuffer | StreamBuffer, *, reading: bool) -> bool:
     """Whether the other side closed in an orderly way: the writer (for a reader) or the reader."""
-    off = _OFF_WRITER_CLOSED if reading else _OFF_READER_CLOSED
-    return bool(buffer.region.mapping.load_u32(buffer.offset + off))
+    return bool(buffer.writer_closed if reading else buffer.reader_closed)
 
 
 class _ChannelSource:
@@ -252,6 +257,9 @@ class _ChannelSource:
             for s in self.tx:
                 s.disarm(WRITABLE)
 
+    def wake_hint(self, events: int) -> int:
+        return 1
+
     def slice_check(self, events: int) -> int:
         mask = 0
         if events & READABLE and any(s.slice_check(READABLE) for s in self.rx):
@@ -283,6 +291,9 @@ class _CoreEventSource:
 
     def slice_check(self, events: int) -> int:
         return 0
+
+    def wake_hint(self, events: int) -> int:
+        return 1
 
 
 class _EndpointSignal:
@@ -353,6 +364,9 @@ class _EndpointSource:
     def slice_check(self, events: int) -> int:
         return 0
 
+    def wake_hint(self, events: int) -> int:
+        return max(1, self.endpoint.pending)
+
 
 Waitable = MessageBuffer | StreamBuffer | Channel | Ipc | Endpoint | Core
 """What `wait_any` and `Selector` accept."""
@@ -403,8 +417,12 @@ def wait_entries(
 
     Returns an empty list at the deadline, or as soon as one of `extra_words` no longer holds its
     expected value or is woken (the asyncio waker's control word). The machinery of this module;
-    public callers use `wait_any` and `Selector`.
+    public callers use `wait_any` and `Selector`. Buffers of one region take the C path
+    (`_waitv.wait_rings`: the same protocol, one call per slice); any other mix this Python one.
     """
+    batch = _ring_batch(entries)
+    if batch is not None:
+        return _wait_ring_batch(entries, batch[0], batch[1], deadline, extra_words, fallback)
     while True:
         ready = [(i, r) for i, (s, ev) in enumerate(entries) if (r := s.ready(ev))]
         if ready:
@@ -435,6 +453,54 @@ def wait_entries(
         if extra_words and any(_waitv.load(obj, off) != expected for obj, off, expected in extra_words):
             return []
         if woken is None:
+            dead = [(i, r) for i, (s, ev) in enumerate(entries) if (r := s.slice_check(ev))]
+            if dead:
+                return dead
+
+
+def _ring_batch(entries: list[tuple[_Source, int]]) -> tuple[_native.Mapping, list[tuple[int, int]]] | None:
+    """(mapping, [(header offset, events)]) when every entry is a buffer of one region: the C path."""
+    mapping = None
+    rings = []
+    for source, events in entries:
+        if not isinstance(source, _RingSource):
+            return None
+        if mapping is None:
+            mapping = source.mapping
+        elif source.mapping is not mapping:
+            return None
+        rings.append((source.buffer.offset, events))
+    return None if mapping is None else (mapping, rings)
+
+
+def _wait_ring_batch(
+    entries: list[tuple[_Source, int]],
+    mapping: _native.Mapping,
+    rings: list[tuple[int, int]],
+    deadline: float | None,
+    extra_words: list[Word] | None,
+    fallback: bool,
+) -> list[tuple[int, int]]:
+    """`wait_entries` for buffers of one region: announce, re-check and sleep in one C call per slice."""
+    extra = extra_words or []
+    buffers = [s.buffer for s, _ in entries if isinstance(s, _RingSource)]
+    last_check = time.monotonic()
+    while True:
+        for buffer in buffers:
+            if buffer.closed:
+                raise RegionClosed(f"buffer {buffer.name!r} was closed")
+        now = time.monotonic()
+        left = SLICE if deadline is None else max(0.0, min(SLICE, deadline - now))
+        ready = _waitv.wait_rings(mapping, rings, extra, left, fallback)  # RegionClosed once the region closed
+        if ready:
+            return ready
+        if extra and any(_waitv.load(obj, off) != expected for obj, off, expected in extra):
+            return []
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            return []
+        if now - last_check >= SLICE:
+            last_check = now
             dead = [(i, r) for i, (s, ev) in enumerate(entries) if (r := s.slice_check(ev))]
             if dead:
                 return dead

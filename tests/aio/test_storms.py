@@ -75,7 +75,7 @@ def test_cancellation_storm(make_region: Callable[..., Region], spawn: Callable[
             while len(pending) < 200:
                 pending.add(asyncio.create_task(receive_on(rng.choice(incomplete))))
             await asyncio.sleep(rng.choice((0, 0, 0, 0.0005, 0.001)))
-            for task in rng.sample(sorted(pending, key=id), k=min(len(pending), rng.randint(30, 120))):
+            for task in rng.sample(sorted(pending, key=id), k=min(len(pending), rng.randint(60, 180))):
                 if task.cancel():
                     cancelled += 1
             done = {t for t in pending if t.done()}

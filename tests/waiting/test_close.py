@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from ampipc import MessageBuffer, PeerClosed, Region, wait_any
+from ampipc import MessageBuffer, PeerClosed, Region, StreamBuffer, wait_any
 from ampipc.waiting import READABLE, WRITABLE, Selector
 
 from ._workers import TIMEOUT, message, read_then_close, write_then_close
@@ -137,3 +137,22 @@ def test_a_blocked_async_send_gets_peer_closed(region: Region, spawn: Callable[.
     finally:
         release.set()
     assert spawn.join(proc) == 0  # type: ignore[attr-defined]
+
+
+def test_async_iteration_of_a_stream_ends_at_the_close(region: Region) -> None:
+    StreamBuffer.create(region, "s", 64)
+    writer, reader = StreamBuffer.attach(region, "s"), StreamBuffer.attach(region, "s")
+    data = bytes(range(200)) * 5
+
+    async def main() -> bytes:
+        async def write() -> None:
+            assert await writer.write_async(data, timeout=TIMEOUT) == len(data)  # type: ignore[attr-defined]
+            writer.close()
+
+        async def read() -> bytes:
+            return b"".join([chunk async for chunk in reader])  # type: ignore[attr-defined]
+
+        _, got = await asyncio.gather(write(), read())
+        return got
+
+    assert asyncio.run(main()) == data

@@ -165,6 +165,23 @@ def test_a_hardware_core_is_readable_when_a_sev_arrived(region: Region) -> None:
             wait_any([(cm4, WRITABLE)], 0)
 
 
+def test_buffers_and_other_objects_together(region: Region) -> None:
+    """A mix of kinds takes the generic path (buffers of one region alone take the C batch)."""
+    bufs = [MessageBuffer.create(region, f"m{i}", 64) for i in range(3)]
+    with Hardware.create(region) as hw:
+        cm4 = hw.core("CM4")
+        assert wait_any([*bufs, cm4], 0) == []
+        t = threading.Timer(0.05, bufs[2].send, (b"x",))
+        t.start()
+        try:
+            assert wait_any([*bufs, cm4], TIMEOUT) == [bufs[2]]
+        finally:
+            t.join()
+        hw.core("CM7").sev()
+        assert wait_any([*bufs, cm4], 0) == [bufs[2], cm4]
+        assert bufs[0].reset() and bufs[1].reset()  # refused while a waiting word is set: cleared after the wait
+
+
 def test_a_server_on_64_buffers_fed_by_8_client_processes(
     make_region: Callable[..., Region], spawn: Callable[..., object]
 ) -> None:

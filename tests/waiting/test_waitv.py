@@ -109,3 +109,20 @@ def test_ctrl_c_interrupts_an_endless_wait() -> None:
 def test_the_kernel_feature_probe() -> None:
     assert isinstance(_waitv.available(), bool)
     assert _waitv.KERNEL_MAX_WORDS == 128
+
+
+def test_wait_rings_refuses_bad_rings() -> None:
+    mapping = bytearray(1024)
+    for rings, error in (
+        ([(32, 1)], IndexError),  # not 64-byte aligned
+        ([(1024, 1)], IndexError),  # outside
+        ([(-64, 1)], IndexError),
+        ([(0, 0)], ValueError),
+        ([(0, 4)], ValueError),
+        ([(0,)], TypeError),
+        ([], ValueError),
+    ):
+        with pytest.raises(error):
+            _waitv.wait_rings(mapping, rings, (), 0)  # type: ignore[arg-type]
+    # a header that does not hold together (length 0) is reported ready: the operation raises CorruptRegion
+    assert _waitv.wait_rings(mapping, [(0, 1), (256, 3)], (), 0) == [(0, 1), (1, 3)]

@@ -66,8 +66,9 @@ def voice_activity(seed: int = SEED, bursts: int = BURSTS) -> Iterator[float]:
     rng = random.Random(seed)
     for _ in range(bursts):
         click = False
-        for _ in range(rng.randint(RELEASE_FRAMES + 14, 35)):  # silence; a click is never two frames long
-            click = not click and rng.random() < 0.08
+        for i in range(rng.randint(RELEASE_FRAMES + 14, 35)):
+            # silence: quiet long enough for the detector to re-arm, then clicks never two frames long
+            click = i > RELEASE_FRAMES and not click and rng.random() < 0.08
             yield rng.uniform(0.7, 1.0) if click else rng.uniform(0.0, 0.3)
         for _ in range(ATTACK_FRAMES + 1):  # speech onset: loud enough to trigger
             yield rng.uniform(0.6, 1.0)
