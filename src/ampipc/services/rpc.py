@@ -562,46 +562,52 @@ class Connection:
 
 
 class _Pool:
-    """A bounded worker pool: at most ``workers`` threads, at most ``backlog`` queued calls."""
+    """A bounded worker pool: at most ``workers`` threads, at most ``backlog`` calls waiting for one.
+
+    The hand-off is a C-level `queue.SimpleQueue`; the bound is the count of calls not yet taken
+    (``_waiting``, under ``_lock``): a submitter finding ``backlog`` of them waits on ``_room``.
+    """
 
     def __init__(self, server: Server, workers: int, backlog: int) -> None:
         self._server = server
         self._max = workers
-        self._queue: queue.Queue[_Call | None] = queue.Queue(maxsize=backlog)
+        self._backlog = backlog
+        self._queue: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._idle = 0
-        self._waiting = 0
+        self._waiting = 0  # submitted, not yet taken by a worker
+        self._blocked = 0  # submitters waiting for room
         self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
 
     @property
     def size(self) -> int:
         return len(self._threads)
 
     def submit(self, call: _Call) -> None:
+        stats = self._server._stats
         with self._lock:
+            if self._waiting >= self._backlog:
+                stats.add("back_pressure_waits")
+                while self._waiting >= self._backlog:  # stop waiting if the server closes or the client left
+                    if self._server._closing or call.conn.closed:
+                        call.cancelled = True
+                        return
+                    self._blocked += 1
+                    try:
+                        self._room.wait(_SLICE)
+                    finally:
+                        self._blocked -= 1
             self._waiting += 1
+            waiting = self._waiting
             # a new worker whenever the calls not yet taken outnumber the idle workers
             if self._waiting > self._idle and len(self._threads) < self._max:
                 t = threading.Thread(target=self._work, name=f"rpc-worker-{len(self._threads)}", daemon=True)
                 self._threads.append(t)
                 self._idle += 1
                 t.start()
-        stats = self._server._stats
-        try:
-            self._queue.put_nowait(call)
-        except queue.Full:
-            stats.add("back_pressure_waits")
-            while True:  # wait for room; stop waiting if the server closes or the client left
-                try:
-                    self._queue.put(call, timeout=_SLICE)
-                    break
-                except queue.Full:
-                    if self._server._closing or call.conn.closed:
-                        call.cancelled = True
-                        with self._lock:
-                            self._waiting -= 1
-                        return
-        stats.peak("queue_peak", self._queue.qsize())
+        self._queue.put(call)
+        stats.peak("queue_peak", waiting)
 
     def _work(self) -> None:
         while True:
@@ -611,6 +617,8 @@ class _Pool:
             with self._lock:
                 self._idle -= 1
                 self._waiting -= 1
+                if self._blocked:
+                    self._room.notify()
             try:
                 self._server._run(call)
             finally:
@@ -619,10 +627,7 @@ class _Pool:
 
     def stop(self, timeout: float) -> None:
         for _ in self._threads:
-            try:
-                self._queue.put(None, timeout=timeout)
-            except queue.Full:
-                break
+            self._queue.put(None)
         deadline = time.monotonic() + timeout
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
