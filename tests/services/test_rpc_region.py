@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from ampipc import MessageTooLarge, PeerClosed, PeerDied, Region, Timeout
+from ampipc import IpcError, MessageTooLarge, PeerClosed, PeerDied, Region, Timeout
 from ampipc.services import Client, MethodNotFound, RemoteError, Server
 from ampipc.services.rpc_registry import FREE
 
@@ -392,4 +392,21 @@ def test_asyncio_cancellation_and_timeout(make_region: Callable[..., Region]) ->
             assert s.completed + s.cancelled + s.expired == 4 and s.cancelled >= 1
     finally:
         service.release.set()
+        server.close()
+
+
+def test_reply_over_the_frame_limit_is_a_clear_error(make_region: Callable[..., Region]) -> None:
+    region = make_region(2 << 20)
+    server = Server(max_frame=100_000)
+    server.add(CheckService())
+    server.listen(region, "big", buffer_size=8192)
+    try:
+        with Client.connect(region, "big", timeout=30) as client:
+            assert len(client.call("big", 90_000)) == 90_000  # chunked through 8 KiB buffers
+            with pytest.raises(MessageTooLarge, match="frame limit"):
+                client.call("big", 200_000)
+            assert client.call("echo", "next") == "next"
+        with pytest.raises(IpcError, match="closed"):
+            client.call("echo", 1)
+    finally:
         server.close()
