@@ -153,7 +153,7 @@ def _fill_of(region: Any, kind: str, name: str) -> tuple[int, int] | None:
 def _cmd_layout(args: argparse.Namespace) -> int:
     from .region import Region
 
-    with Region.attach(args.region) as region:
+    with Region.attach(args.region, observe=True) as region:  # an observer: not a peer of anything
         print(f"region {region.name!r}: {region.size} bytes, {region.free_bytes} free, creator pid {region.creator_pid}"
               f" ({'alive' if region.creator_alive else 'dead'})")
         print(f"{'offset':>10}  {'size':>10}  {'kind':<16}  {'fill':<22}  name")
@@ -161,10 +161,8 @@ def _cmd_layout(args: argparse.Namespace) -> int:
             fill = _fill_of(region, entry.kind, entry.name)
             shown = "" if fill is None else f"{fill[0]}/{fill[1]} B ({100 * fill[0] // max(fill[1], 1)}%)"
             print(f"{entry.offset:#10x}  {entry.size:>10}  {entry.kind:<16}  {shown:<22}  {entry.name}")
-        me = os.getpid()  # attaching registers this process too; it is not part of the running system
         for proc in region.processes():
-            if proc.pid != me:
-                print(f"process {proc.pid} ({'alive' if proc.alive else 'dead'})")
+            print(f"process {proc.pid} ({'alive' if proc.alive else 'dead'})")
     return 0
 
 

@@ -47,10 +47,13 @@ def test_main_demo_quiet_prints_only_the_summary(capsys: pytest.CaptureFixture[s
 
 def test_layout_lists_the_objects(region: Region, capsys: pytest.CaptureFixture[str]) -> None:
     MessageBuffer.create(region, "telemetry", 1000)
-    assert main(["layout", region.name]) == 0
-    out = capsys.readouterr().out
+    shown = subprocess.run([sys.executable, "-m", "ampipc.cli", "layout", region.name], capture_output=True,
+                           text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    out = shown.stdout
     assert "message_buffer" in out and "telemetry" in out and "0/1000 B (0%)" in out
-    assert f"process {os.getpid()} " not in out  # the inspecting process is not part of the system shown
+    # the inspector attaches as an observer: only the running system (this process, the creator) is listed
+    assert [line for line in out.splitlines() if line.startswith("process ")] == [f"process {os.getpid()} (alive)"]
 
 
 def test_unknown_demo_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -258,7 +258,7 @@ def _interval(text: str) -> float:
 
 
 def _cmd_top(args: argparse.Namespace) -> int:
-    with Region.attach(args.region) as region:
+    with Region.attach(args.region, observe=True) as region:  # an observer: it never keeps a dead peer alive
         if args.json or args.once:
             first = take_snapshot(region, observer=os.getpid())
             buffer_rates = None
