@@ -308,6 +308,14 @@ typedef struct {
     uint8_t *rec_on;
     uint32_t in_flight;
     uint16_t avail_idx, avail_flags, last_used;
+    /* Transmit buffers (RpmsgVirtio's _tx_free deque and _tx_bump), once configure_tx was called:
+     * returned buffers queue here, oldest first; fresh ones come from [bump, bump_end). Every
+     * buffer queued was in flight before, so the queue never holds more than num. */
+    uint64_t *txf_addr;
+    uint32_t *txf_len;
+    uint32_t txf_front, txf_count;
+    uint64_t bump, bump_end;
+    uint32_t buffer_size;
 } DriverRing;
 
 static void driver_dealloc(DriverRing *self) {
@@ -315,6 +323,8 @@ static void driver_dealloc(DriverRing *self) {
     PyMem_Free(self->rec_addr);
     PyMem_Free(self->rec_len);
     PyMem_Free(self->rec_on);
+    PyMem_Free(self->txf_addr);
+    PyMem_Free(self->txf_len);
     Py_XDECREF(self->q.area_obj);
     Py_XDECREF(self->q.name);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -327,6 +337,7 @@ static void driver_clear_state(DriverRing *d) {
     memset(d->rec_on, 0, d->q.num);
     d->in_flight = 0;
     d->avail_idx = d->avail_flags = d->last_used = 0;
+    d->txf_front = d->txf_count = 0;
 }
 
 static int driver_init(DriverRing *self, PyObject *args, PyObject *kwds) {
@@ -344,12 +355,18 @@ static int driver_init(DriverRing *self, PyObject *args, PyObject *kwds) {
     PyMem_Free(self->rec_addr);
     PyMem_Free(self->rec_len);
     PyMem_Free(self->rec_on);
+    PyMem_Free(self->txf_addr);
+    PyMem_Free(self->txf_len);
     uint32_t n = self->q.num;
     self->free_q = PyMem_Calloc(n, sizeof(uint16_t));
     self->rec_addr = PyMem_Calloc(n, sizeof(uint64_t));
     self->rec_len = PyMem_Calloc(n, sizeof(uint32_t));
     self->rec_on = PyMem_Calloc(n, 1);
-    if (!self->free_q || !self->rec_addr || !self->rec_len || !self->rec_on) {
+    self->txf_addr = PyMem_Calloc(n, sizeof(uint64_t));
+    self->txf_len = PyMem_Calloc(n, sizeof(uint32_t));
+    self->bump = self->bump_end = 0;
+    self->buffer_size = 0;
+    if (!self->free_q || !self->rec_addr || !self->rec_len || !self->rec_on || !self->txf_addr || !self->txf_len) {
         PyErr_NoMemory();
         return -1;
     }
@@ -624,6 +641,113 @@ out:
     return result;
 }
 
+/* ---- the transmit side of RpmsgVirtio's driver: reclaim, _send_driver, has_tx_buffer ---- */
+
+static PyObject *driver_configure_tx(DriverRing *self, PyObject *args) {
+    unsigned long long bump, bump_end;
+    unsigned int buffer_size;
+    if (!PyArg_ParseTuple(args, "KKI", &bump, &bump_end, &buffer_size)) return NULL;
+    self->bump = bump;
+    self->bump_end = bump_end;
+    self->buffer_size = buffer_size;
+    self->txf_front = self->txf_count = 0;
+    Py_RETURN_NONE;
+}
+
+/* The reclaim loop; error entries are appended to *errors (made on the first one). */
+static int driver_tx_reclaim(DriverRing *d, area_t *a, PyObject **errors) {
+    for (uint32_t i = 0; i < d->q.num; i++) {
+        uint32_t head, buflen, used_len;
+        uint64_t addr;
+        ring_err_t e;
+        int r = driver_get_used(d, a, &head, &addr, &buflen, &used_len, &e);
+        if (r == 2) {
+            if (*errors == NULL && (*errors = PyList_New(0)) == NULL) return -1;
+            if (push_error(*errors, "used-ring", e.msg) < 0) return -1;
+            continue;
+        }
+        if (r == 0) break;
+        if (d->txf_count < d->q.num) { /* always: see the struct */
+            uint32_t slot = (d->txf_front + d->txf_count) % d->q.num;
+            d->txf_addr[slot] = addr;
+            d->txf_len[slot] = buflen;
+            d->txf_count++;
+        }
+    }
+    return 0;
+}
+
+static PyObject *errors_or_empty(PyObject *errors) { return errors != NULL ? errors : PyList_New(0); }
+
+/* tx_reclaim() -> [(kind, message)]: RpmsgVirtio.reclaim. */
+static PyObject *driver_tx_reclaim_py(DriverRing *self, PyObject *unused) {
+    area_t a;
+    if (queue_open(&self->q, &a) < 0) return NULL;
+    PyObject *errors = NULL;
+    int r = driver_tx_reclaim(self, &a, &errors);
+    area_close(&a);
+    if (r < 0) {
+        Py_XDECREF(errors);
+        return NULL;
+    }
+    return errors_or_empty(errors);
+}
+
+/* tx_send(src, dst, payload) -> (sent, kick, [(kind, message)]): RpmsgVirtio._send_driver. */
+static PyObject *driver_tx_send(DriverRing *self, PyObject *args) {
+    PyObject *src_obj, *dst_obj;
+    Py_buffer payload;
+    if (!PyArg_ParseTuple(args, "OOy*", &src_obj, &dst_obj, &payload)) return NULL;
+    uint32_t src, dst;
+    PyObject *errors = NULL, *result = NULL;
+    area_t a;
+    int opened = 0, sent = 0, kick = 0;
+    if (parse_u32(src_obj, &src, "src") < 0 || parse_u32(dst_obj, &dst, "dst") < 0) goto out;
+    if (payload.len > 0xFFFF) {
+        PyErr_Format(PyExc_ValueError, "a %zd-byte payload does not fit a 16-bit header length", payload.len);
+        goto out;
+    }
+    if (queue_open(&self->q, &a) < 0) goto out;
+    opened = 1;
+    if (driver_tx_reclaim(self, &a, &errors) < 0) goto out;
+    if (self->free_count > 0) {
+        uint64_t addr = 0;
+        uint32_t buflen = 0;
+        int have = 1;
+        if (self->txf_count) {
+            addr = self->txf_addr[self->txf_front];
+            buflen = self->txf_len[self->txf_front];
+            self->txf_front = (self->txf_front + 1) % self->q.num;
+            self->txf_count--;
+        } else if (self->buffer_size && self->bump + self->buffer_size <= self->bump_end) {
+            addr = self->bump;
+            buflen = self->buffer_size;
+            self->bump += self->buffer_size;
+        } else {
+            have = 0;
+        }
+        if (have) {
+            if (fill_message(&a, addr, src, dst, &payload) < 0 || driver_add(self, &a, addr, buflen, 0, 1) < 0) goto out;
+            sent = 1;
+            kick = driver_needs_kick(self, &a);
+        }
+    }
+    errors = errors_or_empty(errors);
+    if (errors != NULL) result = Py_BuildValue("(NNN)", PyBool_FromLong(sent), PyBool_FromLong(kick), errors);
+    errors = NULL;
+out:
+    if (opened) area_close(&a);
+    Py_XDECREF(errors);
+    PyBuffer_Release(&payload);
+    return result;
+}
+
+/* tx_available() -> bool: RpmsgVirtio.has_tx_buffer for the driver. */
+static PyObject *driver_tx_available(DriverRing *self, PyObject *unused) {
+    if (self->txf_count || (self->buffer_size && self->bump + self->buffer_size <= self->bump_end)) Py_RETURN_TRUE;
+    return driver_has_used_py(self, NULL);
+}
+
 static PyObject *driver_get_free_count(DriverRing *self, void *c) { return PyLong_FromUnsignedLong(self->free_count); }
 static PyObject *driver_get_in_flight(DriverRing *self, void *c) { return PyLong_FromUnsignedLong(self->in_flight); }
 static PyObject *queue_get_num(QueueBase *self, void *c) { return PyLong_FromUnsignedLong(self->num); }
@@ -644,6 +768,10 @@ static PyMethodDef driver_methods[] = {
     {"rx_batch", (PyCFunction)driver_rx_batch, METH_O, "One receive poll of the driver."},
     {"reclaim", (PyCFunction)driver_reclaim, METH_NOARGS, "Take back every returned transmit buffer."},
     {"add_message", (PyCFunction)driver_add_message, METH_VARARGS, "Write header and payload, make it available."},
+    {"configure_tx", (PyCFunction)driver_configure_tx, METH_VARARGS, "Set the transmit buffers: bump start, end, size."},
+    {"tx_reclaim", (PyCFunction)driver_tx_reclaim_py, METH_NOARGS, "Queue the returned transmit buffers."},
+    {"tx_send", (PyCFunction)driver_tx_send, METH_VARARGS, "Reclaim, take a transmit buffer, fill and publish it."},
+    {"tx_available", (PyCFunction)driver_tx_available, METH_NOARGS, "Could tx_send find a buffer now?"},
     {NULL, NULL, 0, NULL},
 };
 

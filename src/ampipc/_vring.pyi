@@ -29,6 +29,14 @@ class DriverRing:
         """Every returned transmit buffer as (addr, buffer length), and the errors met."""
     def add_message(self, addr: int, buflen: int, src: int, dst: int, payload: Buffer, /) -> bool:
         """Write the header and payload at addr, make the buffer available; True if the device wants a kick."""
+    def configure_tx(self, bump_start: int, bump_end: int, buffer_size: int, /) -> None:
+        """Transmit buffers: fresh ones from [bump_start, bump_end) in buffer_size steps, returned ones reused."""
+    def tx_reclaim(self) -> list[tuple[str, str]]:
+        """Queue every returned transmit buffer; the errors met (kind, message)."""
+    def tx_send(self, src: int, dst: int, payload: Buffer, /) -> tuple[bool, bool, list[tuple[str, str]]]:
+        """Reclaim, take a transmit buffer, write header and payload, publish: (sent, kick, errors)."""
+    def tx_available(self) -> bool:
+        """Could tx_send find a transmit buffer now?"""
 
 class DeviceRing:
     def __init__(

@@ -255,7 +255,7 @@ def last_message(mem: memoryview, direction: str, num: int) -> int:
     geometry = W.VringGeometry(0x8000 if direction == "down" else 0x4000, num, 16)
     if direction == "down":
         idx = image.u16(geometry.avail_offset + 2)
-        head = image.u16(geometry.avail_offset + 4 + 2 * ((idx - 1) % num))
+        head = image.u16(geometry.avail_offset + 4 + 2 * ((idx - 1) % num)) % num  # the peer may have scribbled
     else:
         idx = image.u16(geometry.used_offset + 2)
         head = image.u32(geometry.used_offset + 4 + 8 * ((idx - 1) % num)) % num

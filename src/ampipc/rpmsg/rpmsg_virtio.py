@@ -30,9 +30,10 @@ peer wrote.
 
 Fast path (``fast=True``, the default unless ``AMPIPC_RPMSG_PURE`` is set): the rings are the C
 mirrors of `virtqueue` (``ampipc._vring``), and the hot loops below (the receive poll with its
-header checks, the transmit fill + publish, the driver's reclaim) each run as one C call that
-returns the same events and (kind, message) error entries this code produces. Everything else —
-start-up, name service, statistics, the transmit buffer choice — is this module on both paths.
+header checks; the device's transmit fill + publish; the driver's whole `_send_driver`: reclaim,
+transmit buffer choice, fill, publish) each run as one C call that returns the same events and
+(kind, message) error entries this code produces. Everything else — start-up, name service,
+statistics, the device's choice of driver buffers — is this module on both paths.
 """
 
 from __future__ import annotations
@@ -250,6 +251,8 @@ class RpmsgVirtio:
             rx.add(self.pool_offset + i * self.buffer_size, self.buffer_size, True, publish=False)
         rx.publish()
         self._tx_bump = self.pool_offset + n_rx * self.buffer_size
+        if isinstance(tx, _vring.DriverRing):  # the C ring keeps the transmit buffers itself
+            tx.configure_tx(self._tx_bump, self.pool_offset + self.pool_size, self.buffer_size)
         self._drv_rx, self._drv_tx = rx, tx
         self._fast_rx = rx if isinstance(rx, _vring.DriverRing) else None
         self.table = table
@@ -480,10 +483,8 @@ class RpmsgVirtio:
         if tx is None:
             return
         if isinstance(tx, _vring.DriverRing):
-            freed, errors = tx.reclaim()
-            for kind, message in errors:
+            for kind, message in tx.tx_reclaim():
                 self._error(kind, message)
-            self._tx_free.extend(freed)
             return
         for _ in range(tx.num):
             try:
@@ -499,6 +500,13 @@ class RpmsgVirtio:
     def _send_driver(self, src: int, dst: int, payload: bytes | bytearray | memoryview) -> bool:
         tx = self._drv_tx
         assert tx is not None
+        if isinstance(tx, _vring.DriverRing):  # this whole method in one C call, same steps
+            sent, kick, errors = tx.tx_send(src, dst, payload)
+            for kind, message in errors:
+                self._error(kind, message)
+            if kick:
+                self._kick = True
+            return sent
         self.reclaim()
         if tx.free_count == 0:
             return False
@@ -509,13 +517,9 @@ class RpmsgVirtio:
             self._tx_bump += self.buffer_size
         else:
             return False
-        if isinstance(tx, _vring.DriverRing):
-            kick = tx.add_message(addr, buflen, src, dst, payload)
-        else:
-            self._fill(addr, src, dst, payload)
-            tx.add(addr, buflen, False)
-            kick = tx.needs_kick()
-        if kick:
+        self._fill(addr, src, dst, payload)
+        tx.add(addr, buflen, False)
+        if tx.needs_kick():
             self._kick = True
         return True
 
@@ -586,6 +590,8 @@ class RpmsgVirtio:
         """A cheap check for a sender waiting on buffers: could `try_send` succeed now?"""
         if self.role is Role.DRIVER:
             tx = self._drv_tx
+            if isinstance(tx, _vring.DriverRing):
+                return tx.tx_available()
             return tx is not None and (bool(self._tx_free) or tx.has_used() or
                                        self._tx_bump + self.buffer_size <= self.pool_offset + self.pool_size)
         dtx = self._dev_tx
