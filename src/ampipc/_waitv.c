@@ -481,6 +481,7 @@ static PyObject *ready_list(const ring_ref *rings, Py_ssize_t n, Py_ssize_t size
     PyObject *out = PyList_New(0);
     if (out == NULL) return NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
+        if (!rings[i].events) continue; /* disabled by the caller's mask */
         int mask = ring_ready_mask(rings[i].h, size - (rings[i].h - base) - R_HEADER, rings[i].events);
         if (!mask) continue;
         PyObject *item = Py_BuildValue("(ni)", i, mask);
@@ -500,11 +501,11 @@ static PyObject *ready_list(const ring_ref *rings, Py_ssize_t n, Py_ssize_t size
  * the `extra` words) for at most `timeout`, clear the waiting words and check once more. [] when
  * nothing was ready by then (the caller loops, re-checking liveness and its deadline). */
 static PyObject *mod_wait_rings(PyObject *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"mapping", "rings", "extra", "timeout", "fallback", NULL};
-    PyObject *mapping, *rings_obj, *extra_obj = NULL, *timeout_obj = Py_None;
+    static char *kwlist[] = {"mapping", "rings", "extra", "timeout", "fallback", "enabled", NULL};
+    PyObject *mapping, *rings_obj, *extra_obj = NULL, *timeout_obj = Py_None, *enabled_obj = Py_None;
     int force_fallback = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|OOp", kwlist, &mapping, &rings_obj, &extra_obj, &timeout_obj,
-                                     &force_fallback))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO|OOpO", kwlist, &mapping, &rings_obj, &extra_obj, &timeout_obj,
+                                     &force_fallback, &enabled_obj))
         return NULL;
     int64_t timeout_ns;
     if (parse_timeout(timeout_obj, &timeout_ns) < 0) return NULL;
@@ -550,6 +551,18 @@ static PyObject *mod_wait_rings(PyObject *self, PyObject *args, PyObject *kwds) 
         rings[i].h = base + off;
         rings[i].events = events;
     }
+    if (enabled_obj != Py_None) { /* a byte per ring: 0 leaves the ring out of this wait entirely */
+        Py_buffer en;
+        if (PyObject_GetBuffer(enabled_obj, &en, PyBUF_SIMPLE) < 0) goto done;
+        if (en.len != n) {
+            PyBuffer_Release(&en);
+            PyErr_Format(PyExc_ValueError, "enabled has %zd bytes for %zd rings", en.len, n);
+            goto done;
+        }
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (!((const unsigned char *)en.buf)[i]) rings[i].events = 0;
+        PyBuffer_Release(&en);
+    }
     if (extra_obj != NULL && extra_obj != Py_None && PySequence_Size(extra_obj) > 0) {
         if (word_set_parse(extra_obj, &extra) < 0) goto done;
     } else if (PyErr_Occurred())
@@ -585,8 +598,16 @@ static PyObject *mod_wait_rings(PyObject *self, PyObject *args, PyObject *kwds) 
     }
     int any_ready = 0;
     for (Py_ssize_t i = 0; i < n && !any_ready; i++)
-        any_ready = ring_ready_mask(rings[i].h, view.len - (rings[i].h - base) - R_HEADER, rings[i].events) != 0;
+        any_ready = rings[i].events && ring_ready_mask(rings[i].h, view.len - (rings[i].h - base) - R_HEADER, rings[i].events) != 0;
     int r = -1;
+    if (!any_ready && nwords == 0) { /* every ring disabled and no extra word: just the timeout */
+        int64_t slice = timeout_ns < 0 || timeout_ns > SLICE_NS ? SLICE_NS : timeout_ns;
+        struct timespec ts = ts_of(slice);
+        Py_BEGIN_ALLOW_THREADS
+        nanosleep(&ts, NULL);
+        Py_END_ALLOW_THREADS
+        any_ready = 1;
+    }
     if (!any_ready) {
         /* 3. sleep on every index word at once */
         int64_t slice = timeout_ns < 0 || timeout_ns > SLICE_NS ? SLICE_NS : timeout_ns;

@@ -15,6 +15,7 @@ def wait_rings(
     extra: Sequence[tuple[Any, int, int]] = (),
     timeout: float | None = None,
     fallback: bool = False,
+    enabled: Any = None,
 ) -> list[tuple[int, int]]:
     """Announce, re-check and sleep (one slice) on many ring buffers of one mapping; the ready (index, mask)."""
 

@@ -56,7 +56,9 @@ from .waiting import (
     SLICE,
     WRITABLE,
     _Source,
+    _ring_batch,
     _source_for,
+    _wait_ring_batch,
     wait_entries,
 )
 
@@ -122,6 +124,11 @@ class _Waker:
         self.sources: dict[int, list[Any]] = {}  # id(obj) -> [obj, source, interests using it]
         self.reported: set[_Key] = set()
         self.fired: deque[_Key] = deque()
+        # The thread's view of the interests, rebuilt only when keys come or go (`generation`):
+        # their order (`index`) and one byte per key, 0 while the key is handed over to the loop.
+        self.generation = 0
+        self.index: dict[_Key, int] = {}
+        self.enabled = bytearray()
         self.stopping = False
         self.reports = 0
         self.sleeps = 0
@@ -146,6 +153,7 @@ class _Waker:
                     cached = self.sources[id(obj)] = [obj, _source_for(obj), 0]
                 cached[2] += 1
                 interest = self.interests[key] = _Interest(obj, cached[1], events)
+                self.generation += 1
             interest.waiters.append(fut)
         if poke:
             self._poke()
@@ -183,12 +191,19 @@ class _Waker:
         if not interest.waiters:
             self._drop(key)
             return False
-        self.reported.discard(key)
+        self._unreport(key)
         return True
+
+    def _unreport(self, key: _Key) -> None:  # with the lock held
+        self.reported.discard(key)
+        i = self.index.get(key)
+        if i is not None and i < len(self.enabled):
+            self.enabled[i] = 1
 
     def _drop(self, key: _Key) -> None:  # with the lock held
         del self.interests[key]
         self.reported.discard(key)
+        self.generation += 1
         cached = self.sources.get(key[0])
         if cached is not None:
             cached[2] -= 1
@@ -259,6 +274,10 @@ class _Waker:
                 os.close(fd)
 
     def _run(self) -> None:
+        generation = -1
+        keys: list[_Key] = []
+        entries: list[tuple[_Source, int]] = []
+        batch: tuple[Any, list[tuple[int, int]]] | None = None
         while not self.stopping:
             if self.loop.is_closed():  # a loop whose close() could not be wrapped (uvloop)
                 self.stopping = True
@@ -266,19 +285,39 @@ class _Waker:
                 break
             with self.lock:
                 seen = _waitv.load(self.control, 0)
-                watched = [(k, i.source, i.events) for k, i in self.interests.items() if k not in self.reported]
+                if generation != self.generation:
+                    generation = self.generation
+                    keys = list(self.interests)
+                    entries = [(self.interests[k].source, self.interests[k].events) for k in keys]
+                    batch = _ring_batch(entries) if entries else None
+                    self.index = {k: i for i, k in enumerate(keys)}
+                    self.enabled = bytearray(0 if k in self.reported else 1 for k in keys)
+                enabled = self.enabled
+                watching = any(enabled)
+                if watching and batch is None:
+                    watched = [(k, entries[i]) for i, k in enumerate(keys) if enabled[i]]
             control = [(self.control, 0, seen)]
-            if not watched:
+            if not watching:
                 _waitv.wait(control, SLICE)
                 continue
-            entries = [(s, ev) for _, s, ev in watched]
+            self.sleeps += 1
             try:
-                self.sleeps += 1
-                ready = [watched[i][0] for i, _ in wait_entries(entries, time.monotonic() + SLICE, extra_words=control)]
+                if batch is not None:
+                    found = _wait_ring_batch(
+                        entries, batch[0], batch[1], time.monotonic() + SLICE, control, False, enabled
+                    )
+                    ready = [keys[i] for i, _ in found]
+                else:
+                    found = wait_entries([e for _, e in watched], time.monotonic() + SLICE, extra_words=control)
+                    ready = [watched[i][0] for i, _ in found]
             except Exception:  # noqa: BLE001 - a closed region or corrupt object: let its waiters find out
-                ready = [k for k, s, ev in watched if self._raises(s, ev)]
+                ready = [k for i, k in enumerate(keys) if enabled[i] and self._raises(*entries[i])]
             if ready:
                 with self.lock:
+                    for k in ready:
+                        i = self.index.get(k)
+                        if i is not None and i < len(self.enabled) and k in self.interests:
+                            self.enabled[i] = 0
                     self.reported.update(ready)
                     self.fired.extend(ready)
                 self.reports += 1

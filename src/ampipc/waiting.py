@@ -480,18 +480,23 @@ def _wait_ring_batch(
     deadline: float | None,
     extra_words: list[Word] | None,
     fallback: bool,
+    enabled: bytearray | None = None,
 ) -> list[tuple[int, int]]:
-    """`wait_entries` for buffers of one region: announce, re-check and sleep in one C call per slice."""
+    """`wait_entries` for buffers of one region: announce, re-check and sleep in one C call per slice.
+
+    `enabled` (one byte per entry, 0: leave it out of this wait) lets a caller that keeps one list
+    switch entries off and on without rebuilding it (the asyncio waker).
+    """
     extra = extra_words or []
     buffers = [s.buffer for s, _ in entries if isinstance(s, _RingSource)]
     last_check = time.monotonic()
     while True:
-        for buffer in buffers:
+        for buffer in buffers:  # a buffer object closed meanwhile (its region may still be open)
             if buffer.closed:
                 raise RegionClosed(f"buffer {buffer.name!r} was closed")
         now = time.monotonic()
         left = SLICE if deadline is None else max(0.0, min(SLICE, deadline - now))
-        ready = _waitv.wait_rings(mapping, rings, extra, left, fallback)  # RegionClosed once the region closed
+        ready = _waitv.wait_rings(mapping, rings, extra, left, fallback, enabled)  # RegionClosed once the region closed
         if ready:
             return ready
         if extra and any(_waitv.load(obj, off) != expected for obj, off, expected in extra):
@@ -501,7 +506,9 @@ def _wait_ring_batch(
             return []
         if now - last_check >= SLICE:
             last_check = now
-            dead = [(i, r) for i, (s, ev) in enumerate(entries) if (r := s.slice_check(ev))]
+            dead = [
+                (i, r) for i, (s, ev) in enumerate(entries) if (enabled is None or enabled[i]) and (r := s.slice_check(ev))
+            ]
             if dead:
                 return dead
 

@@ -91,7 +91,7 @@ def test_a_closed_writer_process_is_drained_then_reported(region: Region, spawn:
                         got.append(m)
                 except PeerClosed:
                     ended = True
-        assert closed.is_set()  # the writer lives: this was its close, not its death
+        assert closed.wait(TIMEOUT)  # the writer lives: this was its close, not its death
         assert got == [message(1, 0, k) for k in range(count)]
     finally:
         release.set()
@@ -110,7 +110,7 @@ def test_async_iteration_ends_at_the_close(region: Region, spawn: Callable[..., 
 
     try:
         assert asyncio.run(main()) == [message(1, 0, k) for k in range(count)]
-        assert closed.is_set()
+        assert closed.wait(TIMEOUT)
     finally:
         release.set()
     assert spawn.join(proc) == 0  # type: ignore[attr-defined]
@@ -133,7 +133,7 @@ def test_a_blocked_async_send_gets_peer_closed(region: Region, spawn: Callable[.
 
     try:
         assert asyncio.run(main()) >= received
-        assert closed.is_set()
+        assert closed.wait(TIMEOUT)
     finally:
         release.set()
     assert spawn.join(proc) == 0  # type: ignore[attr-defined]
