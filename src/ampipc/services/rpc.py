@@ -480,6 +480,14 @@ class Connection:
         counts = self.reader_counts
         try:
             frame = _codec.decode_to_server(data)
+        except ProtocolError as exc:
+            counts["bad_frames"] += 1
+            log.warning("rpc connection %s: %s", self.description, exc)
+            return
+        if type(frame) is _codec.Request and not self._reassembler.in_progress:  # the common case
+            self.server._dispatch(self, frame.id, frame.method, frame.args, frame.kwargs, frame.budget_us, False)
+            return
+        try:
             if isinstance(frame, _codec.Chunk):
                 whole = self._reassembler.feed(frame)
                 if whole is None:
@@ -541,7 +549,11 @@ class Connection:
                 problem = "the connection ended"
             else:
                 try:
-                    send_frame(self.link, data, self.server.reply_timeout)
+                    link = self.link
+                    if len(data) <= link.max_message:  # the common case: one message, no chunking
+                        link.send(data, self.server.reply_timeout)
+                    else:
+                        send_frame(link, data, self.server.reply_timeout)
                 except (PeerDied, PeerClosed) as exc:
                     problem = str(exc)
                 except TimeoutError:
@@ -1053,7 +1065,11 @@ class Client:
     def _send(self, data: bytes, timeout: float | None, *, notification: bool = False) -> None:
         with self._send_lock:
             try:
-                send_frame(self._link, data, timeout)
+                link = self._link
+                if len(data) <= link.max_message:  # the common case: one message, no chunking
+                    link.send(data, timeout)
+                else:
+                    send_frame(link, data, timeout)
             except (PeerDied, PeerClosed) as exc:
                 error: BaseException = exc
             else:
@@ -1070,7 +1086,8 @@ class Client:
         data = self._encode_request(call_id, method, args, kwargs, timeout)
         pending = _Pending(call_id, method, None if timeout is None else time.monotonic() + timeout)
         with self._lock:
-            self._check_usable()
+            if self._closed or self._broken is not None:
+                self._check_usable()
             self._pending[call_id] = pending
             self._counts["calls"] += 1
         try:
