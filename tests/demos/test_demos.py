@@ -30,5 +30,11 @@ def test_demo(name: str, capfd: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.parametrize("name", sorted(DEMOS))
 def test_demo_quiet(name: str, capfd: pytest.CaptureFixture[str]) -> None:
+    """Quiet prints exactly the summary: its title, its rows, the verdict; no timeline."""
     assert DEMOS[name](quiet=True) == 0
-    assert capfd.readouterr().out == ""
+    lines = capfd.readouterr().out.splitlines()
+    assert lines[0] == f"{name} summary"
+    assert all(line.startswith("  ") for line in lines[1:]), "a timeline line in quiet output"
+    assert re.fullmatch(r"\s+result\s+OK", lines[-1])
+    for pattern in EXPECTED[name]:
+        assert any(re.search(pattern, line) for line in lines), pattern
