@@ -126,3 +126,21 @@ def test_wait_rings_refuses_bad_rings() -> None:
             _waitv.wait_rings(mapping, rings, (), 0)  # type: ignore[arg-type]
     # a header that does not hold together (length 0) is reported ready: the operation raises CorruptRegion
     assert _waitv.wait_rings(mapping, [(0, 1), (256, 3)], (), 0) == [(0, 1), (1, 3)]
+
+
+def test_wait_rings_leaves_disabled_rings_out(region: object) -> None:
+    from ampipc import MessageBuffer, Region
+
+    assert isinstance(region, Region)
+    a, b = MessageBuffer.create(region, "a", 64), MessageBuffer.create(region, "b", 64)
+    rings = [(a.offset, 1), (b.offset, 1)]
+    a.send(b"x")
+    b.send(b"y")
+    m = region.mapping
+    assert _waitv.wait_rings(m, rings, (), 0) == [(0, 1), (1, 1)]
+    assert _waitv.wait_rings(m, rings, (), 0, False, bytearray([0, 1])) == [(1, 1)]
+    assert _waitv.wait_rings(m, rings, (), 0.02, False, bytearray([0, 0])) == []  # nothing to watch: the timeout
+    with pytest.raises(ValueError):
+        _waitv.wait_rings(m, rings, (), 0, False, bytearray(3))
+    assert m.load_u32(a.offset + 196) == m.load_u32(b.offset + 196) == 0  # no waiting word left set
+    assert (a.receive(timeout=0), b.receive(timeout=0)) == (b"x", b"y")
