@@ -40,7 +40,8 @@ Single reader, single writer: a buffer waited on for READABLE must not also have
 this process blocked in ``receive`` on it (they would be two readers); the same for WRITABLE.
 RPMsg endpoints have no shared waiting word (their messages are queued in process memory by the
 link's I/O thread); their delivery path is extended once per endpoint to bump a process-local
-futex word that the wait includes.
+futex word that the wait includes (a link that closes, which delivers nothing, is noticed at the
+next 100 ms re-check).
 """
 
 from __future__ import annotations
