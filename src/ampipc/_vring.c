@@ -806,11 +806,19 @@ typedef struct {
     uint16_t *unpub;
     uint32_t unpub_count, held_count;
     uint16_t last_avail, used_idx, used_flags;
+    /* RpmsgVirtio._tx_stash: held driver buffers too small for an earlier message, oldest first
+     * (each is a held head, so there are never more than num). */
+    uint32_t *stash_head, *stash_len;
+    uint64_t *stash_addr;
+    uint32_t stash_count;
 } DeviceRing;
 
 static void device_dealloc(DeviceRing *self) {
     PyMem_Free(self->state);
     PyMem_Free(self->unpub);
+    PyMem_Free(self->stash_head);
+    PyMem_Free(self->stash_len);
+    PyMem_Free(self->stash_addr);
     Py_XDECREF(self->q.area_obj);
     Py_XDECREF(self->q.name);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -820,6 +828,7 @@ static void device_clear_state(DeviceRing *d) {
     memset(d->state, 0, d->q.num);
     d->unpub_count = d->held_count = 0;
     d->last_avail = d->used_idx = d->used_flags = 0;
+    d->stash_count = 0;
 }
 
 static int device_init(DeviceRing *self, PyObject *args, PyObject *kwds) {
@@ -840,9 +849,15 @@ static int device_init(DeviceRing *self, PyObject *args, PyObject *kwds) {
     if (hi < 0) self->pool_end = 0; /* an empty pool: nothing passes the check below */
     PyMem_Free(self->state);
     PyMem_Free(self->unpub);
+    PyMem_Free(self->stash_head);
+    PyMem_Free(self->stash_len);
+    PyMem_Free(self->stash_addr);
     self->state = PyMem_Calloc(self->q.num, 1);
     self->unpub = PyMem_Calloc(self->q.num, sizeof(uint16_t));
-    if (!self->state || !self->unpub) {
+    self->stash_head = PyMem_Calloc(self->q.num, sizeof(uint32_t));
+    self->stash_len = PyMem_Calloc(self->q.num, sizeof(uint32_t));
+    self->stash_addr = PyMem_Calloc(self->q.num, sizeof(uint64_t));
+    if (!self->state || !self->unpub || !self->stash_head || !self->stash_len || !self->stash_addr) {
         PyErr_NoMemory();
         return -1;
     }
@@ -1087,6 +1102,95 @@ out:
     return result;
 }
 
+/* tx_send(src, dst, payload) -> (sent, kick, [(kind, message)]): RpmsgVirtio._send_device. */
+static PyObject *device_tx_send(DeviceRing *self, PyObject *args) {
+    PyObject *src_obj, *dst_obj;
+    Py_buffer payload;
+    if (!PyArg_ParseTuple(args, "OOy*", &src_obj, &dst_obj, &payload)) return NULL;
+    uint32_t src, dst;
+    PyObject *errors = NULL, *result = NULL;
+    area_t a;
+    int opened = 0, sent = 0, kick = 0;
+    char msg[ERRMSG];
+    if (parse_u32(src_obj, &src, "src") < 0 || parse_u32(dst_obj, &dst, "dst") < 0) goto out;
+    if (payload.len > 0xFFFF) {
+        PyErr_Format(PyExc_ValueError, "a %zd-byte payload does not fit a 16-bit header length", payload.len);
+        goto out;
+    }
+    if ((errors = PyList_New(0)) == NULL) goto out;
+    if (queue_open(&self->q, &a) < 0) goto out;
+    opened = 1;
+    uint64_t need = RPMSG_HDR_SIZE + (uint64_t)payload.len;
+    int chosen = 0;
+    uint32_t head = 0, length = 0;
+    uint64_t addr = 0;
+    for (uint32_t i = 0; i < self->stash_count; i++) {
+        if (self->stash_len[i] >= need) {
+            head = self->stash_head[i];
+            addr = self->stash_addr[i];
+            length = self->stash_len[i];
+            uint32_t rest = self->stash_count - i - 1;
+            memmove(self->stash_head + i, self->stash_head + i + 1, rest * sizeof(uint32_t));
+            memmove(self->stash_addr + i, self->stash_addr + i + 1, rest * sizeof(uint64_t));
+            memmove(self->stash_len + i, self->stash_len + i + 1, rest * sizeof(uint32_t));
+            self->stash_count--;
+            chosen = 1;
+            break;
+        }
+    }
+    long budget = 2 * (long)self->q.num; /* a driver that keeps advancing avail.idx cannot hold us here */
+    while (!chosen) {
+        if (--budget < 0) break;
+        uint32_t h, len;
+        uint64_t ad;
+        uint16_t flags;
+        ring_err_t e;
+        int r = device_get_available(self, &a, &h, &ad, &len, &flags, &e);
+        if (r == 2) {
+            if (push_error(errors, "avail-ring", e.msg) < 0) goto out;
+            if (e.head >= 0) device_put_used(self, &a, (uint32_t)e.head, 0, 1);
+            continue;
+        }
+        if (r == 0) break;
+        if (len < RPMSG_HDR_SIZE) {
+            /* no message ever fits: keeping it would hold the driver's buffer for nothing */
+            snprintf(msg, sizeof msg, "%s: descriptor %u of %u bytes cannot hold a header", qname(&self->q), h, len);
+            if (push_error(errors, "short-buffer", msg) < 0) goto out;
+            device_put_used(self, &a, h, 0, 1);
+            continue;
+        }
+        if (len >= need) {
+            head = h, addr = ad, length = len;
+            chosen = 1;
+        } else if (self->stash_count < self->q.num) { /* always: see the struct */
+            self->stash_head[self->stash_count] = h;
+            self->stash_addr[self->stash_count] = ad;
+            self->stash_len[self->stash_count] = len;
+            self->stash_count++;
+        }
+    }
+    if (chosen) {
+        /* addr was checked against the pool when the head was taken: writing through the captured
+         * value stays in bounds even if the driver rewrites the descriptor meanwhile */
+        if (fill_message(&a, addr, src, dst, &payload) < 0) goto out;
+        device_put_used(self, &a, head, length, 1);
+        sent = 1;
+        kick = device_needs_kick(self, &a);
+    }
+    result = Py_BuildValue("(NNO)", PyBool_FromLong(sent), PyBool_FromLong(kick), errors);
+out:
+    if (opened) area_close(&a);
+    Py_XDECREF(errors);
+    PyBuffer_Release(&payload);
+    return result;
+}
+
+/* tx_available() -> bool: RpmsgVirtio.has_tx_buffer for the device. */
+static PyObject *device_tx_available(DeviceRing *self, PyObject *unused) {
+    if (self->stash_count) Py_RETURN_TRUE;
+    return device_has_available_py(self, NULL);
+}
+
 static PyObject *device_get_held(DeviceRing *self, void *c) { return PyLong_FromUnsignedLong(self->held_count); }
 static PyObject *device_get_pool_start(DeviceRing *self, void *c) { return PyLong_FromUnsignedLongLong(self->pool_start); }
 static PyObject *device_get_pool_end(DeviceRing *self, void *c) { return PyLong_FromUnsignedLongLong(self->pool_end); }
@@ -1101,6 +1205,8 @@ static PyMethodDef device_methods[] = {
     {"put_used", (PyCFunction)(void (*)(void))device_put_used_py, METH_VARARGS | METH_KEYWORDS, "Return a held buffer."},
     {"rx_batch", (PyCFunction)device_rx_batch, METH_O, "One receive poll of the device."},
     {"put_message", (PyCFunction)device_put_message, METH_VARARGS, "Write header and payload, return the buffer used."},
+    {"tx_send", (PyCFunction)device_tx_send, METH_VARARGS, "Take a driver buffer, fill it, return it used."},
+    {"tx_available", (PyCFunction)device_tx_available, METH_NOARGS, "Could tx_send find a buffer now?"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -63,6 +63,11 @@ class DeviceRing:
         """One receive poll: (events (src, dst, payload) and errors (kind, message) in order, more pending, kick)."""
     def put_message(self, head: int, addr: int, length: int, src: int, dst: int, payload: Buffer, /) -> bool:
         """Write the header and payload at addr, return the held head used; True if the driver wants a kick."""
+    def tx_send(self, src: int, dst: int, payload: Buffer, /) -> tuple[bool, bool, list[tuple[str, str]]]:
+        """Take a driver buffer (stashed or newly available), write header and payload, return it used:
+        (sent, kick, errors)."""
+    def tx_available(self) -> bool:
+        """Could tx_send find a driver buffer now?"""
 
 def spin_wait_u32(area: Buffer, offset: int, seen: int, seconds: float, /) -> int:
     """Read the aligned u32 at offset until it differs from seen or seconds pass (GIL released); its value."""

@@ -237,6 +237,8 @@ LINK_OPS = st.lists(
             st.sampled_from([1, 2, 4, 8]),
             VALUES,
         ),
+        # the length of the driver buffer the device takes next for sending, near its bounds
+        st.tuples(st.just("desc_len"), st.integers(0, 2), st.sampled_from([0, 15, 16, 17, 40, 56, 57, 100, 512, 513])),
         # the header length of the message sent last in one direction, near its bounds
         st.tuples(
             st.just("hdr_len"),
@@ -262,6 +264,16 @@ def last_message(mem: memoryview, direction: str, num: int) -> int:
     return image.u64(geometry.da + 16 * head) % (len(mem) - 16)
 
 
+def next_device_buffer(mem: memoryview, num: int, ahead: int) -> int:
+    """The descriptor of the driver buffer the device takes ``ahead`` buffers from now (vring0),
+    assuming it returned every buffer it took (the usual case)."""
+    image = Window(mem)
+    geometry = W.VringGeometry(0x4000, num, 16)
+    slot = (image.u16(geometry.used_offset + 2) + ahead) % num
+    head = image.u16(geometry.avail_offset + 4 + 2 * slot) % num
+    return geometry.da + 16 * head
+
+
 def both(first: Callable[[], Any], second: Callable[[], Any]) -> tuple[Any, Any]:
     return first(), second()
 
@@ -270,7 +282,7 @@ def link_state(link: RpmsgVirtio) -> dict[str, Any]:
     return {"stats": dataclasses.asdict(link.statistics), "more": link.more_pending}
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(ops=LINK_OPS, seed=st.integers(0, 2**32 - 1))
 def test_links_match_the_reference_byte_for_byte(ops: list[tuple[Any, ...]], seed: int) -> None:
     num = 16
@@ -308,6 +320,11 @@ def test_links_match_the_reference_byte_for_byte(ops: list[tuple[Any, ...]], see
             elif kind == "ns":
                 side = drv if op[1] == "drv" else dev
                 call = partial(side.send_ns, "svc", 0x400, destroy=op[2])
+            elif kind == "desc_len":
+                where = next_device_buffer(mem, num, op[1]) + 8
+
+                def call(m: memoryview = mem, w: int = where, v: int = op[2]) -> None:
+                    m[w : w + 4] = v.to_bytes(4, "little")
             elif kind == "hdr_len":
                 _, direction, value = op
                 where = last_message(mem, direction, num) + 12

@@ -30,10 +30,10 @@ peer wrote.
 
 Fast path (``fast=True``, the default unless ``AMPIPC_RPMSG_PURE`` is set): the rings are the C
 mirrors of `virtqueue` (``ampipc._vring``), and the hot loops below (the receive poll with its
-header checks; the device's transmit fill + publish; the driver's whole `_send_driver`: reclaim,
-transmit buffer choice, fill, publish) each run as one C call that returns the same events and
-(kind, message) error entries this code produces. Everything else — start-up, name service,
-statistics, the device's choice of driver buffers — is this module on both paths.
+header checks; `_send_driver`: reclaim, transmit buffer choice, fill, publish; `_send_device`:
+the stash, taking driver buffers, fill, publish) each run as one C call that returns the same
+events and (kind, message) error entries this code produces. Everything else — start-up, name
+service, statistics, the endpoint layer — is this module on both paths.
 """
 
 from __future__ import annotations
@@ -526,6 +526,13 @@ class RpmsgVirtio:
     def _send_device(self, src: int, dst: int, payload: bytes | bytearray | memoryview) -> bool:
         tx = self._dev_tx
         assert tx is not None
+        if isinstance(tx, _vring.DeviceRing):  # this whole method in one C call, same steps
+            sent, kick, errors = tx.tx_send(src, dst, payload)
+            for kind, message in errors:
+                self._error(kind, message)
+            if kick:
+                self._kick = True
+            return sent
         need = RPMSG_HDR_SIZE + len(payload)
         chosen: tuple[int, int, int] | None = None
         for i, stashed in enumerate(self._tx_stash):
@@ -560,13 +567,9 @@ class RpmsgVirtio:
         head, addr, length = chosen
         # addr was validated against the pool when the head was taken; writing through the
         # captured value stays in bounds even if the driver rewrites the descriptor meanwhile.
-        if isinstance(tx, _vring.DeviceRing):
-            kick = tx.put_message(head, addr, length, src, dst, payload)
-        else:
-            self._fill(addr, src, dst, payload)
-            tx.put_used(head, length)
-            kick = tx.needs_kick()
-        if kick:
+        self._fill(addr, src, dst, payload)
+        tx.put_used(head, length)
+        if tx.needs_kick():
             self._kick = True
         return True
 
@@ -595,4 +598,6 @@ class RpmsgVirtio:
             return tx is not None and (bool(self._tx_free) or tx.has_used() or
                                        self._tx_bump + self.buffer_size <= self.pool_offset + self.pool_size)
         dtx = self._dev_tx
+        if isinstance(dtx, _vring.DeviceRing):
+            return dtx.tx_available()
         return dtx is not None and (bool(self._tx_stash) or dtx.has_available())
