@@ -28,13 +28,14 @@ _AMPIPC, _PEER = "#1f77b4", "#b0b0b0"
 
 
 def _bars(ax: Any, rows: list[dict[str, Any]], key: str, title: str, unit: str, log: bool = False) -> None:
-    chosen = [r for r in rows if r.get("status") == "ok" and key in r]
+    chosen = [r for r in rows if str(r.get("status", "")).startswith("ok") and key in r]
     ax.set_title(title, fontsize=10)
     if not chosen:
         ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
         ax.set_yticks([])
         return
-    labels = [f"{r['peer']} [{r['kind']}]" for r in chosen]
+    # "*": measured in only some of the runs (the status says why the others failed).
+    labels = [f"{r['peer']} [{r['kind']}]" + ("" if r.get("status") == "ok" else " *") for r in chosen]
     values = [float(r[key]) for r in chosen]
     colours = [_AMPIPC if r.get("group") == "ampipc" else _PEER for r in chosen]
     positions = list(range(len(chosen)))

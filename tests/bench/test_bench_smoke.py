@@ -102,7 +102,7 @@ def test_a_target_is_the_ratio_of_two_figures_of_the_run(tiny_run: tuple[dict[st
 
 
 def test_targets_from_a_hand_made_document() -> None:
-    document = {
+    document: dict[str, Any] = {
         "peers": [
             {"peer": "ampipc", "group": "ampipc", "kind": "single", "status": "ok", "msgs_per_s_64B": 1000.0,
              "rtt_median_us": 2.0, "mb_per_s_1MiB": 900.0},
@@ -125,6 +125,11 @@ def test_targets_from_a_hand_made_document() -> None:
     assert got["default spin vs spin 0, 64 B round trip, one CPU (0)"]["verdict"] == "MISS"
     assert got["RPMsg over a Region vs a MessageBuffer, 64 B round trip"]["ratio"] == pytest.approx(1.5)
     assert got["hsem 64 B round trip vs direct (1 channel, default spin)"]["verdict"] == "n/a"
+    # bench_rpmsg's own MessageBuffer pair, measured like the RPMsg link, is preferred when present.
+    document["others"]["benchmarks.bench_rpmsg"]["rows"].append(
+        {"transport": "MessageBuffer pair (reference)", "payload_bytes": 64, "round_trip_us_median": 1.0})
+    rpmsg = next(t for t in run_all.targets(document) if t["target"].startswith("RPMsg"))
+    assert rpmsg["ratio"] == pytest.approx(3.0) and rpmsg["verdict"] == "MISS"
 
 
 def test_plots_are_png_files(tiny_run: tuple[dict[str, Any], list[Path], Path]) -> None:
