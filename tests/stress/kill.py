@@ -736,6 +736,11 @@ class Summary:
 _LABELS = {"hangs": "hangs", "torn": "torn", "lost": "lost", "disorder": "disorder", "undrained": "undrained", "wrong_exception": "wrong-exc"}
 
 
+def _longest_region_name(prefix: str, jobs: int, tasks: int) -> int:
+    worker = len(f"-{jobs - 1}") if jobs > 1 else 0
+    return len(prefix) + worker + len(f".{max(tasks - 1, 0):x}")
+
+
 def _tasks(configs: Sequence[str], runs: int) -> list[tuple[str, int]]:
     # interleaved, so every configuration progresses at once and an interrupted campaign still covers all
     return [(c, i) for i in range(runs) for c in configs]
@@ -747,7 +752,7 @@ def _run_tasks(
     ctl = Control()
     try:
         for n, (config, index) in enumerate(tasks):
-            params = RunParams.draw(CONFIGS[config], index, run_seed(seed, config, index), f"{prefix}-{n}", sig=sig)
+            params = RunParams.draw(CONFIGS[config], index, run_seed(seed, config, index), f"{prefix}.{n:x}", sig=sig)
             emit(run_one(params, ctl, watchdog=watchdog))
     finally:
         ctl.close()
@@ -804,6 +809,9 @@ def run_campaign(
     global _interrupted
     _interrupted = False
     prefix = prefix or f"ampipc-kill-{os.getpid()}"
+    longest = _longest_region_name(prefix, jobs, runs * len(configs))
+    if longest > 31:
+        raise ValueError(f"region names would be {longest} characters (at most 31): use a shorter prefix")
     summary = Summary(runs, seed, jobs, {c: ConfigTotals() for c in configs}, [])
     started = time.monotonic()
 
@@ -916,8 +924,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.runs < 1 or args.jobs < 1 or args.watchdog <= 0:
         print("--runs and --jobs must be at least 1 and --watchdog positive", file=sys.stderr)
         return 2
-    if args.name_prefix is not None and len(args.name_prefix) > 20:
-        print("--name-prefix must be at most 20 characters (region names are at most 31)", file=sys.stderr)
+    longest = _longest_region_name(args.name_prefix or f"ampipc-kill-{os.getpid()}", args.jobs, args.runs * len(configs))
+    if longest > 31:
+        print(f"region names would be {longest} characters, at most 31 are allowed: shorten --name-prefix", file=sys.stderr)
         return 2
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
     progress = {"runs": 0, "shown": time.monotonic()}

@@ -148,13 +148,20 @@ def test_ctrl_c_stops_the_campaign_cleanly(unique_name: Callable[..., str]) -> N
             os.unlink(f"/dev/shm/{name}")
 
 
-def test_bad_arguments_exit_2(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--config", "no-such-config"], "unknown configuration"),
+        (["--runs", "0"], "at least 1"),
+        (["--name-prefix", "ampipc-test-" + "x" * 30], "at most 31"),
+    ],
+)
+def test_bad_arguments_exit_2(args: list[str], message: str) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.stress.kill", "--config", "no-such-config"],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "tests.stress.kill", *args], cwd=REPO, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 2
-    assert "unknown configuration" in proc.stderr and "Traceback" not in proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
 
 
 # ---- the checker: it must see every kind of problem -------------------------------------------
