@@ -55,6 +55,8 @@ Buffer header (256 bytes; the storage follows at ``data offset``)::
     200 u32  writer closed   1 after the writer's close(); cleared when a writer takes the role again
                              (or by the reader, once it has reported PeerClosed)
     204 u32  reader closed   1 after the reader's close(); cleared when a reader takes the role again
+    208 u64  attachers       bit i: the process in region process slot i attached this buffer (set by
+                             that process; a process taking slot i clears bit i of every buffer first)
 """
 
 from __future__ import annotations
@@ -110,6 +112,8 @@ RING_OFF_TAIL = 128
 RING_OFF_RX_WAITING = 196
 RING_OFF_WRITER_CLOSED = 200
 RING_OFF_READER_CLOSED = 204
+RING_OFF_ATTACHERS = 208
+ATTACHER_SLOTS = 64  # region process slots an attacher mask can name
 
 KIND_MESSAGE_BUFFER = "message_buffer"
 KIND_STREAM_BUFFER = "stream_buffer"

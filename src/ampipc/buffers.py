@@ -8,7 +8,8 @@ classes add creation, attachment, statistics and the liveness check. Semantics f
 (xLength = size + 1, one byte always kept free) and each message carries a 4-byte little-endian
 length prefix, so a 10-byte message takes 14 bytes.
 
-`reset()` empties the buffer only while nobody is blocked on it, as in FreeRTOS; like FreeRTOS on
+`reset()` empties the buffer only while nobody is blocked on it, as in FreeRTOS, and clears both
+close flags (a reset buffer starts a new exchange); like FreeRTOS on
 two cores, it must not race with an operation in progress on the other side (it cannot see a peer
 that is mid-call without being blocked), so reset only a buffer whose peer is idle.
 
@@ -26,8 +27,9 @@ timeouts raise `ampipc.Timeout` (a `TimeoutError`); a blocked side notices a dea
 Peer death and close. *Drain before you declare death*: a reader whose writer died still receives
 every message the writer published; `PeerDied` comes only when nothing is left. A peer is dead
 only when no process that may take its role is alive: the recorded holder of the role is dead and
-no other live process is registered in the region (a role may pass between processes that take
-turns; observers such as ``ampipc top`` attach without registering). `close()` is the orderly end
+no other process that attached this buffer lives (a role may pass between processes that take
+turns; each attach is recorded in the buffer's attacher mask; observers such as ``ampipc top``
+attach without registering and record nothing). `close()` is the orderly end
 of a side, like closing one end of a pipe: the reader drains what is left, then gets `PeerClosed`
 once (the end of that writer's stream; a later receive waits for a new writer); a writer whose
 reader closed gets `PeerClosed` at once, on every send, until a new reader receives. The next
@@ -143,10 +145,16 @@ class _BufferBase(_native.Ring):
         me = current_token()
         if pid and ((pid, start) == me or is_alive(pid, start)):
             return  # the holder lives (this process itself, for one: another of its threads)
-        # The recorded holder is dead, or none was recorded: the role may pass to any other live
-        # process registered in the region (processes that take turns), so only when none is left
-        # is the peer gone.
-        others = [p for p in self.region.processes() if (p.pid, p.start_time) != me]
+        # The recorded holder is dead, or none was recorded: the role may pass to another live process
+        # that attached this buffer (processes that take turns), so only when none is left is the
+        # peer gone. When no process but this one ever attached the buffer, the region's other
+        # processes stand for the peer that has not attached yet.
+        region = self.region
+        attached = region.attachers(self.offset)
+        candidates = [p for p in attached if (p.pid, p.start_time) != me] if attached is not None else None
+        if candidates is None or (not pid and not candidates):
+            candidates = [p for p in region.processes() if (p.pid, p.start_time) != me]
+        others = candidates
         if any(p.alive for p in others):
             return
         if not pid and not others:
@@ -199,6 +207,7 @@ class _BufferBase(_native.Ring):
         obj = cls(region.mapping, entry.offset, name, _guard_for(region, entry.offset), limit=entry.size)
         obj._setup(region)
         region._remember(obj)
+        region._mark_attached(entry.offset)
         return obj
 
     def __repr__(self) -> str:

@@ -380,9 +380,69 @@ class Region:
                 m.store_u64(slot + 8, start)
                 m.store_u32(slot, pid)
                 self._life.slot = slot
+                self._forget_previous_holder(i)
                 return
         # A full table only costs liveness information; the region itself stays usable.
         self._life.slot = None
+
+    # ---- which processes attached a buffer (the peers that may take its roles) ----------------
+
+    @property
+    def slot_index(self) -> int | None:
+        """This handle's index in the process table (None for an observer or a full table)."""
+        slot = self._life.slot
+        if slot is None:
+            return None
+        return (slot - self._geometry()[2]) // L.PROC_SLOT_SIZE
+
+    def _ring_offsets(self) -> Iterator[int]:
+        for entry in self._entries():
+            if entry.kind in (L.KIND_MESSAGE_BUFFER, L.KIND_STREAM_BUFFER) and entry.size >= L.RING_HEADER_SIZE:
+                yield entry.offset
+
+    def _update_attachers(self, ring_offset: int, bit: int, present: bool) -> None:
+        m = self.mapping
+        word = ring_offset + L.RING_OFF_ATTACHERS
+        value = m.load_u64(word)
+        while True:
+            new = value | bit if present else value & ~bit
+            if new == value:
+                return
+            found = m.cas_u64(word, value, new)
+            if found == value:
+                return
+            value = found
+
+    def _forget_previous_holder(self, index: int) -> None:
+        """A process taking slot `index` is not the dead one that held it: clear its attacher bits."""
+        if index < L.ATTACHER_SLOTS:
+            for offset in self._ring_offsets():
+                self._update_attachers(offset, 1 << index, False)
+
+    def _mark_attached(self, ring_offset: int) -> None:
+        """Record that this process attached the buffer at `ring_offset` (observers record nothing)."""
+        index = self.slot_index
+        if index is not None and index < L.ATTACHER_SLOTS:
+            self._update_attachers(ring_offset, 1 << index, True)
+
+    def attachers(self, ring_offset: int) -> list[ProcessEntry] | None:
+        """The processes that attached the buffer at `ring_offset`; None if that cannot be told (slots beyond 64)."""
+        _, _, proc_off, proc_cap, _ = self._geometry()
+        if proc_cap > L.ATTACHER_SLOTS and any(p.pid for p in self._slots(range(L.ATTACHER_SLOTS, proc_cap), proc_off)):
+            return None
+        mask = self.mapping.load_u64(ring_offset + L.RING_OFF_ATTACHERS)
+        return self._slots((i for i in range(min(proc_cap, L.ATTACHER_SLOTS)) if mask >> i & 1), proc_off)
+
+    def _slots(self, indexes: Iterator[int] | range, proc_off: int) -> list[ProcessEntry]:
+        m = self.mapping
+        out = []
+        for i in indexes:
+            slot = proc_off + i * L.PROC_SLOT_SIZE
+            if m.load_u32(slot + 4) == L.PROC_STATE_ATTACHED:
+                pid, start = m.load_u32(slot), m.load_u64(slot + 8)
+                if pid:
+                    out.append(ProcessEntry(pid, start, is_alive(pid, start)))
+        return out
 
     def processes(self) -> list[ProcessEntry]:
         """The processes attached to this region, with whether each still runs."""

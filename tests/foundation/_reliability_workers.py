@@ -84,3 +84,19 @@ def create_and_exit_without_close(region_name: str) -> None:
 
 def exit_at_once() -> None:
     """A process that lives only to leave a dead pid behind."""
+
+
+def attach_buffer_and_idle(region_name: str, buf_name: str, ready: Any) -> None:
+    """A live process that attached one buffer of the region and does nothing with it."""
+    with Region.attach(region_name) as region:
+        MessageBuffer.attach(region, buf_name)
+        ready.set()
+        time.sleep(S.GENEROUS * 4)
+
+
+def send_one_then_idle(region_name: str, buf_name: str, payload: bytes, ready: Any) -> None:
+    """Writer of one buffer: one message, then alive and idle until killed."""
+    region = Region.attach(region_name)
+    MessageBuffer.attach(region, buf_name).send(payload, timeout=S.GENEROUS)
+    ready.set()
+    time.sleep(S.GENEROUS * 4)

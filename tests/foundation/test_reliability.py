@@ -402,3 +402,43 @@ def test_blocked_reader_is_woken_by_close(region: Region) -> None:
     writer.close()
     t.join(S.GENEROUS)
     assert outcome[0] == b"left" and isinstance(outcome[1], PeerClosed)
+
+
+def test_a_dead_writer_is_found_although_other_processes_of_the_region_live(region: Region, spawn: Any) -> None:
+    """A server with many clients: the client that wrote one buffer dies; another client, alive,
+    attached only its own buffer. The blocked reader of the first buffer still learns of the death."""
+    mine = MessageBuffer.create(region, "client-a", 128)
+    MessageBuffer.create(region, "client-b", 128)
+    mine.spin = 0.0
+    ready_a, ready_b = spawn.ctx.Event(), spawn.ctx.Event()
+    a = spawn(W.send_one_then_idle, region.name, "client-a", b"hello from a", ready_a)
+    b = spawn(W.attach_buffer_and_idle, region.name, "client-b", ready_b)
+    assert ready_a.wait(S.GENEROUS) and ready_b.wait(S.GENEROUS)
+    assert mine.receive(timeout=S.GENEROUS) == b"hello from a"
+    os.kill(a.pid, 9)
+    with pytest.raises(PeerDied) as info:
+        mine.receive(timeout=S.GENEROUS)
+    assert info.value.pid == a.pid
+    assert b.is_alive()
+    b.kill()
+    spawn.join(a)
+    spawn.join(b)
+
+
+def test_an_observer_records_no_attach(region: Region) -> None:
+    mb = MessageBuffer.create(region, "mb", 64)
+    before = [p.pid for p in region.attachers(mb.offset) or []]
+    with Region.attach(region.name, observe=True) as watcher:
+        MessageBuffer.attach(watcher, "mb").bytes_available
+        assert [p.pid for p in region.attachers(mb.offset) or []] == before == [os.getpid()]
+
+
+def test_reset_clears_the_close_flags(region: Region) -> None:
+    writer = MessageBuffer.create(region, "mb", 64)
+    reader = MessageBuffer.attach(region, "mb")
+    reader.receive(timeout=0.01) if writer.try_send(b"x") else None
+    reader.close()
+    assert writer.reader_closed
+    assert writer.reset() is True
+    assert not writer.reader_closed and not writer.writer_closed
+    writer.send(b"after reset", timeout=S.GENEROUS)

@@ -31,6 +31,7 @@
  * that role's next operation (a new writer or reader takes the role over) */
 #define OFF_WRITER_CLOSED 200
 #define OFF_READER_CLOSED 204
+#define OFF_ATTACHERS 208 /* u64: region process slots that attached the buffer (kept by ampipc/region.py) */
 #define OFF_READER_PID 136
 #define OFF_READER_START 144
 #define OFF_MSGS_OUT 152

@@ -636,6 +636,9 @@ static PyObject *ring_reset(RingObject *r, PyObject *unused) {
     if (ld32_acq(h + OFF_TX_WAITING) || ld32_acq(h + OFF_RX_WAITING)) Py_RETURN_FALSE;
     st32_rel(h + OFF_TAIL, 0);
     st32_rel(h + OFF_HEAD, 0);
+    /* a reset buffer starts a new exchange: no side is closed (whoever uses a role next holds it) */
+    st32_rel(h + OFF_WRITER_CLOSED, 0);
+    st32_rel(h + OFF_READER_CLOSED, 0);
     Py_RETURN_TRUE;
 }
 
