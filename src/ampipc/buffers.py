@@ -55,7 +55,10 @@ from .liveness import current_token, is_alive
 from .region import Region
 
 if TYPE_CHECKING:
-    from typing_extensions import Buffer
+    from collections.abc import AsyncIterator, Coroutine
+    from typing import Any
+
+    from ._native import Buffer
 
 __all__ = ["MessageBuffer", "StreamBuffer", "BufferStatistics"]
 
@@ -234,6 +237,13 @@ class MessageBuffer(_BufferBase, _native.MessageRing):
     def _next_item(self) -> bytes:
         return self.receive()
 
+    if TYPE_CHECKING:  # the awaitable twins, added by ampipc.aio at import
+
+        def send_async(self, data: Buffer, timeout: float | None = None) -> Coroutine[Any, Any, None]: ...
+        def receive_async(self, timeout: float | None = None) -> Coroutine[Any, Any, bytes]: ...
+        def receive_into_async(self, buffer: Buffer, timeout: float | None = None) -> Coroutine[Any, Any, int]: ...
+        def __aiter__(self) -> AsyncIterator[bytes]: ...
+
     def receive_many_into(self, buffer: Buffer, max_count: int, timeout: float | None = None) -> list[memoryview]:
         """Up to `max_count` messages packed one after another into the writable `buffer`, as views of it.
 
@@ -241,7 +251,7 @@ class MessageBuffer(_BufferBase, _native.MessageRing):
         does not fit in what is left of `buffer` (it stays in place); `BufferTooSmall` if not even
         the first fits. One call into the core, one index update and one wake-up for the batch.
         """
-        view = memoryview(buffer).cast("B")
+        view = memoryview(buffer).cast("B")  # type: ignore[arg-type]
         return [view[offset : offset + length] for offset, length in self._receive_many_into(view, max_count, timeout)]
 
     @classmethod
@@ -294,6 +304,12 @@ class StreamBuffer(_BufferBase, _native.StreamRing):
     def _next_item(self) -> bytes:
         return self.read(self.capacity)
 
+    if TYPE_CHECKING:  # the awaitable twins, added by ampipc.aio at import
+
+        def write_async(self, data: Buffer, timeout: float | None = None) -> Coroutine[Any, Any, int]: ...
+        def read_async(self, max_bytes: int, timeout: float | None = None) -> Coroutine[Any, Any, bytes]: ...
+        def __aiter__(self) -> AsyncIterator[bytes]: ...
+
     @classmethod
     def create(
         cls,
@@ -325,7 +341,7 @@ class StreamBuffer(_BufferBase, _native.StreamRing):
         """``xStreamBufferSend``'s blocking behaviour: wait until all of `data` fits (capped at the
         capacity) or the timeout, then write what fits, once; returns the count (0 at a timeout
         with no room at all)."""
-        size = memoryview(data).nbytes
+        size = memoryview(data).nbytes  # type: ignore[arg-type]
         if size and timeout != 0:
             self.wait_writable(min(size, self.capacity), timeout=timeout)
         return self.try_write(data)

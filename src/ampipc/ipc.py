@@ -48,6 +48,9 @@ from .notify.control import RECORD_FOOTPRINT
 from .region import Region
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
+    from typing import Any
+
     from ._native import Buffer
 
 __all__ = ["DEFAULT_BUFFER_SIZE", "IPC_KIND", "ChannelStatistics", "Ipc"]
@@ -397,6 +400,11 @@ class Ipc:
     def try_receive_many(self, channel: int, max_count: int) -> list[bytes]:
         """The messages of `channel` there now, at most `max_count` (maybe none)."""
         return self._rx[self._channel(channel)].try_receive_many(max_count)
+
+    if TYPE_CHECKING:  # the awaitable twins, added by ampipc.aio at import
+
+        def send_async(self, channel: int, data: Buffer, timeout: float | None = None) -> Coroutine[Any, Any, None]: ...
+        def receive_async(self, channel: int, timeout: float | None = None) -> Coroutine[Any, Any, bytes]: ...
 
     def receive(self, channel: int, timeout: float | None = None) -> bytes:
         """The next message of `channel`; waits until `timeout` (None: forever), then TimeoutError."""
