@@ -150,3 +150,44 @@ def test_channel_batches(region: Region, strategy: str) -> None:
         t.join(S.GENEROUS)
         assert out == [len(messages)] and got == messages
         assert cm4.try_receive_many(1, 10) == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sends=st.lists(st.lists(st.binary(max_size=30), max_size=5), max_size=12),
+    width=st.sampled_from([1, 2, 4, 8]),
+)
+def test_send_parts_is_one_message_of_the_joined_parts(sends: list[list[bytes]], width: int) -> None:
+    from tests.conftest import make_unique_name
+
+    with Region.create(make_unique_name("sp"), 1 << 16) as region:
+        mb = MessageBuffer.create(region, "m", 120, prefix_width=width)
+        model: deque[bytes] = deque()
+        used = 0
+        for parts in sends:
+            joined = b"".join(parts)
+            fits = used + len(joined) + width <= 120
+            # memoryviews and bytearrays too: any buffer
+            assert mb.try_send_parts([memoryview(p) if k % 2 else bytearray(p) for k, p in enumerate(parts)]) is fits
+            if fits:
+                model.append(joined)
+                used += len(joined) + width
+            assert mb.bytes_available == used
+        assert mb.try_receive_many(100) == list(model)
+
+
+def test_send_parts_errors_and_waits(region: Region) -> None:
+    mb = MessageBuffer.create(region, "m", 64)
+    reader = MessageBuffer.attach(region, "m")
+    with pytest.raises(MessageTooLarge):
+        mb.send_parts([b"x" * 30, b"y" * 31])
+    with pytest.raises(TypeError):
+        mb.send_parts([b"ok", 5])  # type: ignore[list-item]
+    mb.send_parts([b"a" * 40])
+    with pytest.raises(Timeout):
+        mb.send_parts([b"b" * 10, b"c" * 10], timeout=0.01)
+    t = threading.Timer(0.05, reader.receive, kwargs={"timeout": 0})
+    t.start()
+    mb.send_parts([b"b" * 10, b"c" * 10], timeout=S.GENEROUS)  # waits for the room the reader makes
+    t.join()
+    assert reader.receive(timeout=0) == b"b" * 10 + b"c" * 10

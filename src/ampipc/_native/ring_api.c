@@ -178,6 +178,91 @@ static PyObject *ring_receive(RingObject *r, PyObject *const *args, Py_ssize_t n
 static PyObject *ring_try_receive(RingObject *r, PyObject *unused) { return message_receive_impl(r, 0, 0, NULL); }
 
 
+/* ---- scatter-gather: one message from several buffers, without joining them first -------------- */
+
+static int op_message_send_gather(RingObject *r, Py_buffer *views, Py_ssize_t count, uint32_t total) {
+    ring_state s;
+    if (ring_load(r, &s, ROLE_WRITER) < 0) return -1;
+    if (st_spaces(&s) < total + r->prefix) return 0;
+    unsigned char prefix[8] = {(unsigned char)total, (unsigned char)(total >> 8), (unsigned char)(total >> 16),
+                               (unsigned char)(total >> 24), 0, 0, 0, 0};
+    ring_copy_in(r, s.head, prefix, r->prefix);
+    uint32_t at = ring_advance(r, s.head, r->prefix);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        ring_copy_in(r, at, (const unsigned char *)views[i].buf, (uint32_t)views[i].len);
+        at = ring_advance(r, at, (uint32_t)views[i].len);
+    }
+    unsigned char *h = ring_hdr(r);
+    st32_rel(h + OFF_HEAD, at);
+    bump64(h + OFF_MSGS_IN, 1);
+    bump64(h + OFF_BYTES_IN, total);
+    ring_send_completed(r, at, s.tail);
+    return 1;
+}
+
+/* send_parts(parts, timeout=None) / try_send_parts(parts): the concatenation of the parts as one
+ * message, with send's semantics (whole or nothing, waits for room, MessageTooLarge, hooks). */
+static PyObject *message_send_parts_impl(RingObject *r, PyObject *parts, int64_t timeout_ns, int raise_on_full) {
+    if (ring_open(r) < 0 || refuse_in_isr(r, timeout_ns, "send_parts") < 0) return NULL;
+    PyObject *seq = PySequence_Fast(parts, "send_parts() takes a sequence of bytes-like parts");
+    if (seq == NULL) return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(seq), got = 0;
+    Py_buffer *views = PyMem_Calloc(count ? (size_t)count : 1, sizeof(Py_buffer));
+    PyObject *ret = NULL;
+    uint64_t total = 0;
+    if (views == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (; got < count; got++) {
+        if (get_src(PySequence_Fast_GET_ITEM(seq, got), &views[got]) < 0) goto done;
+        total += (uint64_t)views[got].len;
+    }
+    if (total + r->prefix > (uint64_t)r->length - 1 || (r->prefix < 4 && total >> (8 * r->prefix))) {
+        message_too_large(r, (Py_ssize_t)total);
+        goto done;
+    }
+    if (total == 0 && (r->flags & FLAG_STRICT)) {
+        PyErr_Format(PyExc_ValueError, "buffer %R is in strict FreeRTOS mode: the parts make an empty message",
+                     r->name);
+        goto done;
+    }
+    if (guard_enter(r, ROLE_WRITER) < 0) goto done;
+    if (ring_enter_role(r, ROLE_WRITER) == 0) {
+        int64_t deadline = deadline_from(timeout_ns);
+        for (int last = 0;;) {
+            int k = op_message_send_gather(r, views, count, (uint32_t)total);
+            if (k < 0) break;
+            if (k == 1) {
+                ret = raise_on_full ? Py_NewRef(Py_None) : Py_NewRef(Py_True);
+                break;
+            }
+            if (timeout_ns == 0 || last) {
+                ret = raise_on_full ? raise_timeout(r, "send") : Py_NewRef(Py_False);
+                break;
+            }
+            int w = ring_wait(r, ROLE_WRITER, (uint32_t)total + r->prefix, deadline, 0);
+            if (w < 0 || ring_open(r) < 0) break;
+            if (w == 0) last = 1;
+        }
+    }
+    guard_exit(r, ROLE_WRITER);
+done:
+    for (Py_ssize_t i = 0; i < got; i++) PyBuffer_Release(&views[i]);
+    PyMem_Free(views);
+    Py_DECREF(seq);
+    return ring_finish(r, ret);
+}
+
+static PyObject *ring_send_parts(RingObject *r, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    int64_t t;
+    PyObject *pos[1];
+    if (parse_opt_timeout(args, nargs, kwnames, 1, pos, &t, "send_parts(parts, timeout=None)") < 0) return NULL;
+    return message_send_parts_impl(r, pos[0], t, 1);
+}
+
+static PyObject *ring_try_send_parts(RingObject *r, PyObject *parts) { return message_send_parts_impl(r, parts, 0, 0); }
+
 /* ---- batches: many messages per call, one index publication and one wake per batch ---------- */
 
 /* Write messages[i..count) that fit now, in order; one head store and one send hook for all of
@@ -899,6 +984,9 @@ static PyMethodDef ring_methods[] = {
 };
 
 static PyMethodDef message_methods[] = {
+    {"send_parts", (PyCFunction)(void (*)(void))ring_send_parts, METH_FASTCALL | METH_KEYWORDS,
+     "send_parts(parts, timeout=None): the parts, joined in the ring, as one message (no concatenation copy)."},
+    {"try_send_parts", (PyCFunction)ring_try_send_parts, METH_O, "try_send_parts(parts) -> bool: the same if it fits now."},
     {"send_many", (PyCFunction)(void (*)(void))ring_send_many, METH_FASTCALL | METH_KEYWORDS,
      "send_many(messages, timeout=None) -> int: send each message whole, in order; how many were sent."},
     {"receive_many", (PyCFunction)(void (*)(void))ring_receive_many, METH_FASTCALL | METH_KEYWORDS,
