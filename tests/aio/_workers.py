@@ -16,8 +16,13 @@ def numbered(buffer: int, k: int) -> bytes:
     return b"%d:%d:" % (buffer, k) + bytes([k & 0xFF]) * (k % 11)
 
 
-def send_numbered(region_name: str, names: list[str], per_buffer: int, seed: int, start: Any = None) -> None:
-    """`per_buffer` numbered messages to every buffer, in a random interleaving, pausing now and then."""
+def send_numbered(
+    region_name: str, names: list[str], per_buffer: int, seed: int, start: Any = None, hold: Any = None
+) -> None:
+    """`per_buffer` numbered messages to every buffer, in a random interleaving, pausing now and then.
+
+    With `hold` (an event), the region stays attached after the last send until the event is set.
+    """
     rng = random.Random(seed)
     with Region.attach(region_name) as region:
         bufs = [MessageBuffer.attach(region, n) for n in names]
@@ -31,6 +36,8 @@ def send_numbered(region_name: str, names: list[str], per_buffer: int, seed: int
             next_k[i] += 1
             if n % 500 == 499:
                 time.sleep(rng.uniform(0, 0.005))
+        if hold is not None:
+            hold.wait(TIMEOUT * 4)
 
 
 def echo(region_name: str, inbox: str, outbox: str, count: int) -> None:
