@@ -264,25 +264,13 @@ static int notifier_init(NotifierObject *self, PyObject *args, PyObject *kwds) {
  * a control buffer never produces records of its own). Returns 1 written, 0 no room. */
 static int control_write_record(RingObject *cb, const unsigned char *record) {
     ring_state s;
-    if (ring_load(cb, &s, ROLE_WRITER) < 0) {
+    int k = message_write(cb, record, CONTROL_RECORD_SIZE, &s);
+    if (k < 0) {
         PyErr_Clear();
         return 0; /* a corrupt control buffer: the Python hook reports it */
     }
-    if (st_spaces(&s) < CONTROL_RECORD_SIZE + cb->prefix) return 0;
-    unsigned char prefix[8] = {CONTROL_RECORD_SIZE, 0, 0, 0, 0, 0, 0, 0};
-    ring_copy_in(cb, s.head, prefix, cb->prefix);
-    uint32_t at = ring_advance(cb, s.head, cb->prefix);
-    ring_copy_in(cb, at, record, CONTROL_RECORD_SIZE);
-    uint32_t head = ring_advance(cb, at, CONTROL_RECORD_SIZE);
-    unsigned char *h = ring_hdr(cb);
-    ring_record_identity(cb, OFF_WRITER_PID, OFF_WRITER_START);
-    st32_rel(h + OFF_HEAD, head);
-    bump64(h + OFF_MSGS_IN, 1);
-    bump64(h + OFF_BYTES_IN, CONTROL_RECORD_SIZE);
-    ring_state after = {head, s.tail, cb->length};
-    uint32_t fill = st_avail(&after);
-    if ((uint64_t)fill > ld64_rlx(h + OFF_PEAK)) st64_rlx(h + OFF_PEAK, fill);
-    return 1;
+    if (k == 1) ring_note_fill(cb, s.head, s.tail);
+    return k;
 }
 
 static int control_has_room(RingObject *cb) {

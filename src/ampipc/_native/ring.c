@@ -205,11 +205,18 @@ static void ring_call_hook(RingObject *r, PyObject *hook, int role) {
 }
 
 /* After `n` bytes (record included) were published: the sbSEND_COMPLETED point. */
-static void ring_send_completed(RingObject *r, uint32_t new_head, uint32_t tail) {
+/* Returns the bytes in the ring after a write, having raised the peak-fill statistic to it. */
+static uint32_t ring_note_fill(RingObject *r, uint32_t new_head, uint32_t tail) {
     unsigned char *h = ring_hdr(r);
     ring_state s = {new_head, tail, r->length};
     uint32_t fill = st_avail(&s);
     if ((uint64_t)fill > ld64_rlx(h + OFF_PEAK)) st64_rlx(h + OFF_PEAK, fill);
+    return fill;
+}
+
+static void ring_send_completed(RingObject *r, uint32_t new_head, uint32_t tail) {
+    unsigned char *h = ring_hdr(r);
+    uint32_t fill = ring_note_fill(r, new_head, tail);
     uint32_t trigger = ld32_rlx(h + OFF_TRIGGER);
     /* a batching buffer (FreeRTOS >= 11.1, main) notifies only once the fill exceeds the trigger */
     if ((r->flags & FLAG_BATCHING) ? fill <= trigger : fill < trigger) return;
@@ -228,24 +235,31 @@ static void ring_receive_completed(RingObject *r) {
 
 /* ---- the operations, non-blocking. Each returns: 1 done, 0 not possible now, -1 error. ---- */
 
+/* Write one whole message if it fits and publish it, without the completion (the caller's): 1 with
+ * s->head the new head, 0 if it does not fit, -1 on error. */
+static int message_write(RingObject *r, const unsigned char *src, uint32_t n, ring_state *s) {
+    if (ring_load(r, s, ROLE_WRITER) < 0) return -1;
+    if (st_spaces(s) < n + r->prefix) return 0;
+    unsigned char prefix[8] = {(unsigned char)n, (unsigned char)(n >> 8), (unsigned char)(n >> 16),
+                               (unsigned char)(n >> 24), 0, 0, 0, 0}; /* little-endian, as on ARM and x86 */
+    ring_copy_in(r, s->head, prefix, r->prefix);
+    uint32_t at = ring_advance(r, s->head, r->prefix);
+    ring_copy_in(r, at, src, n);
+    s->head = ring_advance(r, at, n);
+    unsigned char *h = ring_hdr(r);
+    ring_record_identity(r, OFF_WRITER_PID, OFF_WRITER_START);
+    st32_rel(h + OFF_HEAD, s->head);
+    bump64(h + OFF_MSGS_IN, 1);
+    bump64(h + OFF_BYTES_IN, n);
+    return 1;
+}
+
 /* Message send: all or nothing. */
 static int op_message_send(RingObject *r, const unsigned char *src, uint32_t n) {
     ring_state s;
-    if (ring_load(r, &s, ROLE_WRITER) < 0) return -1;
-    if (st_spaces(&s) < n + r->prefix) return 0;
-    unsigned char prefix[8] = {(unsigned char)n, (unsigned char)(n >> 8), (unsigned char)(n >> 16),
-                               (unsigned char)(n >> 24), 0, 0, 0, 0}; /* little-endian, as on ARM and x86 */
-    ring_copy_in(r, s.head, prefix, r->prefix);
-    uint32_t at = ring_advance(r, s.head, r->prefix);
-    ring_copy_in(r, at, src, n);
-    uint32_t new_head = ring_advance(r, at, n);
-    unsigned char *h = ring_hdr(r);
-    ring_record_identity(r, OFF_WRITER_PID, OFF_WRITER_START);
-    st32_rel(h + OFF_HEAD, new_head);
-    bump64(h + OFF_MSGS_IN, 1);
-    bump64(h + OFF_BYTES_IN, n);
-    ring_send_completed(r, new_head, s.tail);
-    return 1;
+    int k = message_write(r, src, n, &s);
+    if (k == 1) ring_send_completed(r, s.head, s.tail);
+    return k;
 }
 
 /* Stream send: writes what fits; *written gets the count. Returns 1 if anything was written. */
