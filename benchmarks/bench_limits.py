@@ -11,7 +11,8 @@ one JSON object:
   the ring, out of it), so the hot figure is a ceiling it cannot beat on one core;
 - a ping-pong between two processes over one shared word: ``futex`` (flip the word,
   FUTEX_WAKE, FUTEX_WAIT until it flips back: the kernel's round trip, what any blocking channel pays)
-  and ``spin`` (busy-waiting on the word: a cache line's round trip). Each also pinned to one CPU.
+  and ``spin`` (busy-waiting on the word: a cache line's round trip). Each also with both processes
+  pinned to one CPU, and with one process on each of two CPUs (a wake-up then crosses CPUs).
 
 Rows: ``measure``, ``value``, ``unit`` and ``status``; a missing compiler makes every row
 "not available" with the reason, never an exception.
@@ -78,16 +79,18 @@ def run(quick: bool = False, tiny: bool = False) -> list[dict[str, Any]]:
         except (OSError, subprocess.SubprocessError, ValueError, KeyError) as e:
             for m in ("memcpy_hot_1MiB", "memcpy_cold_1MiB"):
                 rows.append({"measure": m, "status": f"error: {e!r}"})
-        placements: list[tuple[str, set[int] | None]] = [("", None)]
+        placements: list[tuple[str, set[int] | None, list[str]]] = [("", None, [])]
         if usable:
-            placements.append(("_one_cpu", {usable[0]}))
+            placements.append(("_one_cpu", {usable[0]}, []))
+        if len(usable) >= 2:
+            placements.append(("_two_cpus", None, [str(usable[0]), str(usable[1])]))
         for mode in ("futex", "spin"):
-            for suffix, cpus in placements:
+            for suffix, cpus, pair in placements:
                 # Spinning on one CPU progresses only when the spinner yields: fewer rounds there.
-                n = rounds if not (mode == "spin" and cpus is not None) else max(100, rounds // 20)
+                n = max(100, rounds // 20) if mode == "spin" and suffix == "_one_cpu" else rounds
                 name = f"{mode}_rtt{suffix}"
                 try:
-                    pong = _run_program(program, [mode, str(n)], cpus, 300)
+                    pong = _run_program(program, [mode, str(n), *pair], cpus, 300)
                     rows.append({"measure": name, "value": pong["rtt_median_us"], "p99": pong["rtt_p99_us"],
                                  "unit": "us", "status": "ok"})
                 except (OSError, subprocess.SubprocessError, ValueError, KeyError) as e:

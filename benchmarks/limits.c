@@ -10,6 +10,7 @@
  *                                   round trip, what any blocking IPC pays at least. "spin" is the same
  *                                   ping-pong busy-waiting on the word (a cache line's round trip between
  *                                   cores; it yields the CPU after a while so one CPU still progresses).
+ *   limits futex|spin ITERATIONS CPU_A CPU_B   the same with the parent pinned to CPU_A, the child to CPU_B.
  * The parent writes the word's even values, the child the odd ones; nothing else is shared.
  * Compiled at run time with `cc -O2`; never committed as a binary.
  */
@@ -95,7 +96,18 @@ static void flip(atomic_uint *word, unsigned value, int wake) {
     if (wake) futex(word, FUTEX_WAKE, 1);
 }
 
-static int pingpong(const char *label, long iterations, long spin_limit, int wake) {
+static void pin(int cpu) {
+    if (cpu < 0) return;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    if (sched_setaffinity(0, sizeof set, &set) != 0) {
+        perror("sched_setaffinity");
+        exit(1);
+    }
+}
+
+static int pingpong(const char *label, long iterations, long spin_limit, int wake, int cpu_a, int cpu_b) {
     atomic_uint *word = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (word == MAP_FAILED) {
         perror("mmap");
@@ -109,6 +121,7 @@ static int pingpong(const char *label, long iterations, long spin_limit, int wak
         return 1;
     }
     if (child == 0) {
+        pin(cpu_b);
         for (long i = 0; i < total; i++) {
             unsigned even = (unsigned)(2 * i);
             wait_change(word, even, spin_limit);  /* the parent wrote 2i + 1 */
@@ -116,6 +129,7 @@ static int pingpong(const char *label, long iterations, long spin_limit, int wak
         }
         _exit(0);
     }
+    pin(cpu_a);
     double *samples = malloc(sizeof(double) * (size_t)iterations);
     if (!samples) return 1;
     for (long i = 0; i < total; i++) {
@@ -137,8 +151,11 @@ static int pingpong(const char *label, long iterations, long spin_limit, int wak
 
 int main(int argc, char **argv) {
     if (argc == 4 && strcmp(argv[1], "memcpy") == 0) return measure_memcpy(strtoul(argv[2], NULL, 10), atol(argv[3]));
-    if (argc == 3 && strcmp(argv[1], "futex") == 0) return pingpong("futex", atol(argv[2]), 0, 1);
-    if (argc == 3 && strcmp(argv[1], "spin") == 0) return pingpong("spin", atol(argv[2]), 1L << 40, 0);
-    fprintf(stderr, "usage: limits memcpy SIZE ITERATIONS | futex ITERATIONS | spin ITERATIONS\n");
+    int cpu_a = argc == 5 ? atoi(argv[3]) : -1, cpu_b = argc == 5 ? atoi(argv[4]) : -1;
+    if ((argc == 3 || argc == 5) && strcmp(argv[1], "futex") == 0)
+        return pingpong("futex", atol(argv[2]), 0, 1, cpu_a, cpu_b);
+    if ((argc == 3 || argc == 5) && strcmp(argv[1], "spin") == 0)
+        return pingpong("spin", atol(argv[2]), 1L << 40, 0, cpu_a, cpu_b);
+    fprintf(stderr, "usage: limits memcpy SIZE ITERATIONS | futex|spin ITERATIONS [CPU_A CPU_B]\n");
     return 2;
 }

@@ -73,12 +73,13 @@ def test_every_peer_is_paired_with_an_ampipc_case_of_its_kind(
 def test_limits_spin_and_targets_are_present(tiny_run: tuple[dict[str, Any], list[Path], Path]) -> None:
     document, _, _ = tiny_run
     limits = {r["measure"]: r for r in document["limits"]}
-    for measure in ("memcpy_hot_1MiB", "memcpy_cold_1MiB", "futex_rtt", "spin_rtt", "futex_rtt_one_cpu"):
+    for measure in ("memcpy_hot_1MiB", "memcpy_cold_1MiB", "futex_rtt", "spin_rtt", "futex_rtt_one_cpu", "spin_rtt_one_cpu"):
         assert limits[measure]["status"] == "ok" and limits[measure]["value"] > 0, measure
     placements = {r["placement"] for r in document["spin"]}
     assert "unpinned" in placements and any(p.startswith("one CPU") for p in placements)
     if len(os.sched_getaffinity(0)) >= 2:
         assert any(p.startswith("two CPUs") for p in placements)
+        assert limits["futex_rtt_two_cpus"]["status"] == "ok" and limits["spin_rtt_two_cpus"]["value"] > 0
     ratios = [r for r in document["spin"] if "spin_vs_no_spin" in r]
     assert len(ratios) == len(placements)
     names = [t["target"] for t in document["targets"]]
