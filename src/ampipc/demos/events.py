@@ -135,6 +135,7 @@ def _cm4(region_name: str, origin: float, quiet: bool, results: Any, notificatio
             if detector.feed(energy):
                 counts["activations"] += 1
                 seq = counts["activations"]
+                _wait_until_taken(cm7_power)
                 cm7_power.stamp_event()
                 commands.send(_COMMAND.pack(_ACTIVATE, seq, frame), timeout=CHILD_TIMEOUT)
                 _notify(core, notification)
@@ -144,12 +145,21 @@ def _cm4(region_name: str, origin: float, quiet: bool, results: Any, notificatio
             if delay > 0:
                 time.sleep(delay)
         say(f"{counts['frames']} frames watched; sending RESET")
+        _wait_until_taken(cm7_power)
         cm7_power.stamp_event()
         commands.send(_COMMAND.pack(_RESET, counts["activations"] + 1, counts["frames"]), timeout=CHILD_TIMEOUT)
         _notify(core, notification)
         handled, lines = _ACK.unpack(acks.receive(timeout=CHILD_TIMEOUT))
         counts["acknowledged"] = (handled, lines)
         say(f"CM7 acknowledged the reset: {handled} commands handled, {lines} log lines flushed, safe state")
+
+
+def _wait_until_taken(cm7_power: Any) -> None:
+    """The previous wake-up reached the CM7's handler: a second one raised before it would merge with
+    it, as a pending interrupt does, and the CM7 would count one wake-up for two events."""
+    deadline = time.monotonic() + CHILD_TIMEOUT
+    while cm7_power.event_pending and time.monotonic() < deadline:
+        time.sleep(0.0005)
 
 
 # ---- the CM7: sleeps in STOP between commands ----------------------------------------------------

@@ -154,6 +154,11 @@ class CorePower:
                 self._enter(PowerState.RUN)
         return woken
 
+    @property
+    def event_pending(self) -> bool:
+        """True while a stamped event has not reached this core's wake-up handler yet."""
+        return self._m.load_u64(self._base + _STAMP) != 0
+
     def stamp_event(self, at_ns: int | None = None) -> None:
         """The other side, just before it notifies: the event that will wake this core happened now."""
         self._m.store_u64(self._base + _STAMP, _now_ns() if at_ns is None else at_ns)
