@@ -39,11 +39,13 @@ Buffer header (256 bytes; the storage follows at ``data offset``)::
     24  u32  total size      header + storage
     line 1 (64), written by the writer only
     64  u32  head            xHead, the next byte to write; the reader's futex word
+    68  u32  writer cpu      1 + the CPU the writer last waited on (0: not known), for the spin policy
     72  u32  writer pid      80  u64 writer start time
     88  u64  messages in     96  u64 bytes in     104 u64 peak fill
     112 u64  writer waits    120 u64 wake-ups issued by the writer
     line 2 (128), written by the reader only
     128 u32  tail            xTail, the next byte to read; the writer's futex word
+    132 u32  reader cpu      1 + the CPU the reader last waited on (0: not known), for the spin policy
     136 u32  reader pid      144 u64 reader start time
     152 u64  messages out    160 u64 bytes out
     168 u64  reader waits    176 u64 wake-ups issued by the reader

@@ -342,6 +342,7 @@ static void notifier_run(NotifierObject *n, RingObject *data) {
     }
     count(&n->counters->raised);
     count(&n->counters->doorbells);
+    ring_note_cpu(data, n->event == EVENT_DATA_SENT ? ROLE_WRITER : ROLE_READER);
     raise_line(base, n->line_pending_off, n->line_raised_off, n->line_bit);
 }
 

@@ -16,6 +16,7 @@
 #define OFF_TOTAL 24
 /* writer cache line */
 #define OFF_HEAD 64
+#define OFF_WRITER_CPU 68 /* u32: 1 + the CPU the writer last waited on (0: not known yet) */
 #define OFF_TX_WAITING 192 /* line 3: written only around a sleep */
 #define OFF_WRITER_PID 72
 #define OFF_WRITER_START 80
@@ -26,6 +27,7 @@
 #define OFF_WAKES_BY_WRITER 120
 /* reader cache line */
 #define OFF_TAIL 128
+#define OFF_READER_CPU 132 /* u32: 1 + the CPU the reader last waited on (0: not known yet) */
 #define OFF_RX_WAITING 196
 /* line 3 also holds the close flags: each stored only by its own side's close() and cleared by
  * that role's next operation (a new writer or reader takes the role over) */

@@ -214,6 +214,16 @@ static uint32_t ring_note_fill(RingObject *r, uint32_t new_head, uint32_t tail) 
     return fill;
 }
 
+/* Record the CPU this side runs on, in its own cache line, when it wakes its peer: the peer's spin
+ * policy (wait.c) spins only if the two can run on different CPUs. Only on this slow path: the
+ * fast path pays nothing. */
+static void ring_note_cpu(RingObject *r, int role) {
+    int cpu = sched_getcpu();
+    if (cpu < 0) return;
+    uint32_t *slot = (uint32_t *)(ring_hdr(r) + (role == ROLE_WRITER ? OFF_WRITER_CPU : OFF_READER_CPU));
+    if (ld32_rlx(slot) != (uint32_t)cpu + 1) st32_rlx(slot, (uint32_t)cpu + 1);
+}
+
 static void ring_send_completed(RingObject *r, uint32_t new_head, uint32_t tail) {
     unsigned char *h = ring_hdr(r);
     uint32_t fill = ring_note_fill(r, new_head, tail);
@@ -222,15 +232,15 @@ static void ring_send_completed(RingObject *r, uint32_t new_head, uint32_t tail)
     if ((r->flags & FLAG_BATCHING) ? fill <= trigger : fill < trigger) return;
     if (r->send_hook != NULL)
         ring_call_hook(r, r->send_hook, ROLE_WRITER);
-    else
-        ring_wake_if_waiting(r, OFF_RX_WAITING, OFF_HEAD, OFF_WAKES_BY_WRITER);
+    else if (ring_wake_if_waiting(r, OFF_RX_WAITING, OFF_HEAD, OFF_WAKES_BY_WRITER))
+        ring_note_cpu(r, ROLE_WRITER);
 }
 
 static void ring_receive_completed(RingObject *r) {
     if (r->receive_hook != NULL)
         ring_call_hook(r, r->receive_hook, ROLE_READER);
-    else
-        ring_wake_if_waiting(r, OFF_TX_WAITING, OFF_TAIL, OFF_WAKES_BY_READER);
+    else if (ring_wake_if_waiting(r, OFF_TX_WAITING, OFF_TAIL, OFF_WAKES_BY_READER))
+        ring_note_cpu(r, ROLE_READER);
 }
 
 /* ---- the operations, non-blocking. Each returns: 1 done, 0 not possible now, -1 error. ---- */

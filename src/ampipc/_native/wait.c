@@ -39,10 +39,21 @@ static int cpus_for_this_process(void) {
     return usable_cpus;
 }
 
+/* Spinning can pay only if the peer can run while this side spins: this process may use two CPUs,
+ * or it is pinned to one and the peer was last seen on another (each side records its CPU in its
+ * own cache line when it wakes the other, ring.c: the AMP layout of one process per CPU). */
+static int peer_may_run_elsewhere(RingObject *r, int role) {
+    unsigned char *h = ring_hdr(r);
+    if (cpus_for_this_process() >= 2) return 1;
+    int cpu = sched_getcpu();
+    uint32_t peer = ld32_rlx(h + (role == ROLE_WRITER ? OFF_READER_CPU : OFF_WRITER_CPU));
+    return cpu >= 0 && peer != 0 && peer != (uint32_t)cpu + 1;
+}
+
 /* How long to spin before this wait: the configured spin while spins succeed, nothing while they
  * fail (score below zero), a probe of an eighth of it every SPIN_PROBE_EVERY waits meanwhile. */
-static long spin_decide(RingObject *r) {
-    if (r->spin_ns <= 0 || cpus_for_this_process() < 2) return 0;
+static long spin_decide(RingObject *r, int role) {
+    if (r->spin_ns <= 0 || !peer_may_run_elsewhere(r, role)) return 0;
     if (r->spin_score >= 0) return r->spin_ns;
     if (++r->spin_probe % SPIN_PROBE_EVERY == 0) return r->spin_ns / 8;
     return 0;
@@ -94,10 +105,10 @@ static int ring_wait(RingObject *r, int role, uint32_t need, int64_t deadline, i
 
     m->busy++;
     /* Bounded spin first: the peer is often about to answer, and a futex round costs microseconds.
-     * A spin must never cost more than it saves (spin_decide): none when this process may run on
-     * one CPU only (the peer cannot answer while we spin), and none after spins keep failing (a
+     * A spin must never cost more than it saves (spin_decide): none when the peer can only run on
+     * the CPU this side would spin on (it cannot answer meanwhile), and none after spins keep failing (a
      * loaded machine), but for a short probe now and then that finds out when spinning pays again. */
-    long spin = spin_decide(r);
+    long spin = spin_decide(r, role);
     if (spin > 0) {
         int ready = 0;
         Py_BEGIN_ALLOW_THREADS
