@@ -232,6 +232,7 @@ def test_snapshot_of_an_rpmsg_link_and_a_pool(region: Region) -> None:
             assert ept.receive(60) == b"ping %d" % i
         snap = take_snapshot(region)
         ept.destroy()
+        after = take_snapshot(region)
     finally:
         device.join(60)
         driver.close()
@@ -243,11 +244,19 @@ def test_snapshot_of_an_rpmsg_link_and_a_pool(region: Region) -> None:
     assert link.driver is not None and link.driver.pid == os.getpid() and link.driver.alive
     assert link.device is not None and link.device.pid == os.getpid()
     assert len(link.vrings) == 2 and all(avail > 0 for avail, _ in link.vrings)
+    # both sides' endpoints, bound to each other (the echo device's endpoint has the same name)
+    driver_side = [e for e in link.endpoints if e[0] == "driver"]
+    device_side = [e for e in link.endpoints if e[0] == "device"]
+    assert [(name, addr) for _, name, addr, _ in driver_side] == [("rpmsg-openamp-demo-channel", ept.addr)]
+    assert [name for _, name, _, _ in device_side] == ["rpmsg-openamp-demo-channel"]
+    assert driver_side[0][3] == device_side[0][2] and device_side[0][3] == ept.addr
+    assert [e for e in after.rpmsg[0].endpoints if e[0] == "driver"] == []  # destroyed: gone from the table
     (frames,) = snap.pools
     assert frames.name == "frames"
     assert (frames.statistics["slots"], frames.statistics["in_use"], frames.statistics["loans"]) == (4, 2, 2)
     text = render_text(snap)
     assert "rpmsg links" in text and "payload pools" in text and "in_use 2" in text
+    assert f"link driver endpoint 'rpmsg-openamp-demo-channel' at {ept.addr:#x} -> " in text
 
 
 def test_snapshot_shows_a_bridge_from_its_shared_statistics(region: Region) -> None:

@@ -102,6 +102,10 @@ class RpmsgDevice:
         self.on_new_service = on_new_service
         self._lock = threading.Lock()
         self._endpoints = EndpointTable()
+        publish = getattr(transport, "publish_endpoints", None)
+        if publish is not None:  # a transport in an ampipc Region: tools see the endpoints
+            table = self._endpoints
+            table.on_change = lambda: publish(table.listing())
         self._stop = threading.Event()
         self._closed_reason: str | None = None
         self._peer_gone = False

@@ -245,6 +245,8 @@ class EndpointTable:
 
     def __init__(self) -> None:
         self._by_addr: dict[int, Endpoint] = {}
+        # Told after every change of the set of endpoints or of their bindings (for watching tools).
+        self.on_change: Callable[[], None] | None = None
         # Announcements no endpoint claimed yet, by name: an endpoint created later with that
         # name binds at once (the announcement may arrive before the application creates it).
         self.unclaimed: dict[str, int] = {}
@@ -269,6 +271,15 @@ class EndpointTable:
         if endpoint.addr in self._by_addr:
             raise IpcError(f"rpmsg address {endpoint.addr:#x} is in use")
         self._by_addr[endpoint.addr] = endpoint
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    def listing(self) -> list[tuple[str, int, int]]:
+        """(name, local address, remote address) of every endpoint, by address."""
+        return [(e.name, e.addr, e.dest) for _, e in sorted(self._by_addr.items())]
 
     def claim(self, name: str) -> int | None:
         """The address of an unclaimed announcement of ``name`` (now claimed), or None."""
@@ -277,6 +288,7 @@ class EndpointTable:
     def remove(self, endpoint: Endpoint) -> None:
         if self._by_addr.get(endpoint.addr) is endpoint:
             del self._by_addr[endpoint.addr]
+            self._changed()
 
     def route(self, event: Message | NameService) -> Routed:
         if isinstance(event, NameService):
@@ -286,6 +298,7 @@ class EndpointTable:
                         ept.dest = event.addr
                         ept._unbound.clear()
                         ept._bound.set()
+                        self._changed()
                         return Bound(ept, event.addr)
                 self.unclaimed.pop(event.name, None)
                 self.unclaimed[event.name] = event.addr
@@ -298,6 +311,7 @@ class EndpointTable:
                     ept.dest = RPMSG_ADDR_ANY
                     ept._bound.clear()
                     ept._unbound.set()
+                    self._changed()
                     return Unbound(ept)
             if self.unclaimed.get(event.name) == event.addr:
                 del self.unclaimed[event.name]
@@ -313,4 +327,5 @@ class EndpointTable:
         if target.dest == RPMSG_ADDR_ANY and src != RPMSG_ADDR_ANY:
             target.dest = src
             target._bound.set()
+            self._changed()
         return (target, src, payload)

@@ -38,9 +38,10 @@ import os
 import select
 import socket
 import stat
+import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Generic, Protocol, TypeVar
 
 from .. import _native, _vring
@@ -386,7 +387,7 @@ class LinuxTransport(_Opened[SocketDoorbell]):
 # ---- ampipc Region transport --------------------------------------------------------------------
 
 _RT_MAGIC = 0x50524D41  # "AMRP"
-_RT_VERSION = 1
+_RT_VERSION = 2  # 2: the endpoint tables after the pool
 _OFF_MAGIC = 0x00
 _OFF_VERSION = 0x04
 _OFF_RSC = 0x08
@@ -397,9 +398,19 @@ _OFF_DRIVER_PID = 0x18  # u32 pid, then u64 start time at 0x20: written by the d
 _OFF_DRIVER_START = 0x20
 _OFF_DEVICE_PID = 0x28  # u32 pid, then u64 start time at 0x30: written by the device at open
 _OFF_DEVICE_START = 0x30
+_OFF_ENDPOINTS = 0x38  # u32: offset of the two endpoint tables (driver's, then device's)
 _OFF_BELL_TO_DRIVER = 0x40  # u32 counter, then u32 waiting
 _OFF_BELL_TO_DEVICE = 0x80
 _RSC_AT = 0x100
+
+
+# Each side's table of its endpoints, for tools that watch a running system (``ampipc top``); the
+# protocol never reads them. Written only by its side, whole, between two stores of its sequence
+# word (odd while it writes): u32 sequence, u32 count, then ENDPOINT_SLOTS entries of name[32]
+# (UTF-8, NUL padded), u32 local address, u32 remote address (0xFFFFFFFF: not bound).
+ENDPOINT_SLOTS = 32
+_ENDPOINT_ENTRY = struct.Struct("<32sII")
+_ENDPOINT_TABLE_SIZE = align_up(8 + ENDPOINT_SLOTS * _ENDPOINT_ENTRY.size, 64)
 
 
 def _region_layout(num: int, align: int, buffer_size: int) -> tuple[int, int, int, int, int]:
@@ -410,7 +421,31 @@ def _region_layout(num: int, align: int, buffer_size: int) -> tuple[int, int, in
     vring1 = align_up(vring0 + size, step)
     pool = align_up(vring1 + size, 64)
     pool_size = 2 * num * buffer_size
-    return vring0, vring1, pool, pool_size, pool + pool_size
+    return vring0, vring1, pool, pool_size, pool + pool_size + 2 * _ENDPOINT_TABLE_SIZE
+
+
+def read_endpoint_tables(view: memoryview) -> dict[str, list[tuple[str, int, int]]]:
+    """The endpoints each side of a region rpmsg object published: {"driver": [(name, addr, dest)], "device": [...]}.
+
+    `view` is the whole object. A table caught mid-write, or out of range, reads as empty.
+    """
+    out: dict[str, list[tuple[str, int, int]]] = {"driver": [], "device": []}
+    if len(view) < 0x40:
+        return out
+    base = int.from_bytes(view[_OFF_ENDPOINTS : _OFF_ENDPOINTS + 4], "little")
+    if base == 0 or base + 2 * _ENDPOINT_TABLE_SIZE > len(view):
+        return out
+    for k, side in enumerate(("driver", "device")):
+        table = base + k * _ENDPOINT_TABLE_SIZE
+        seq = int.from_bytes(view[table : table + 4], "little")
+        count = min(int.from_bytes(view[table + 4 : table + 8], "little"), ENDPOINT_SLOTS)
+        entries = []
+        for i in range(count):
+            raw, addr, dest = _ENDPOINT_ENTRY.unpack_from(view, table + 8 + i * _ENDPOINT_ENTRY.size)
+            entries.append((raw.split(b"\0", 1)[0].decode("utf-8", "replace"), addr, dest))
+        if seq % 2 == 0 and int.from_bytes(view[table : table + 4], "little") == seq:
+            out[side] = entries
+    return out
 
 
 def region_object_size(num: int = 64, align: int = 16, buffer_size: int = RPMSG_BUFFER_SIZE) -> int:
@@ -647,6 +682,7 @@ class RegionTransport(_Opened[Doorbell]):
             w.put_u32(_OFF_POOL, pool)
             w.put_u32(_OFF_POOL_SIZE, pool_size)
             w.put_u32(_OFF_BUFFER_SIZE, self.buffer_size)
+            w.put_u32(_OFF_ENDPOINTS, pool + pool_size)
             w.write(_RSC_AT, demo_table(vring0, vring1, self.num, self.align))
             w.store_word(_OFF_MAGIC, _RT_MAGIC)
         else:
@@ -684,6 +720,27 @@ class RegionTransport(_Opened[Doorbell]):
                 (_OFF_BELL_TO_DRIVER, _OFF_BELL_TO_DEVICE) if self.role is Role.DRIVER else (_OFF_BELL_TO_DEVICE, _OFF_BELL_TO_DRIVER)
             )
             self._doorbell = FutexDoorbell(m, off + theirs, off + mine, peer_token, spin=self.spin)
+
+    def publish_endpoints(self, endpoints: Sequence[tuple[str, int, int]]) -> None:
+        """Write this side's endpoint table (name, local address, remote address) for watching tools."""
+        w = self._window
+        if w is None:
+            return
+        base = w.u32(_OFF_ENDPOINTS)
+        if base == 0 or not w.contains(base, 2 * _ENDPOINT_TABLE_SIZE):
+            return
+        table = base + (0 if self.role is Role.DRIVER else _ENDPOINT_TABLE_SIZE)
+        seq = w.load_word(table)
+        writing = seq + 1 if seq % 2 == 0 else seq
+        w.store_word(table, writing)  # odd: being written
+        rows = list(endpoints)[:ENDPOINT_SLOTS]
+        body = bytearray(4 + len(rows) * _ENDPOINT_ENTRY.size)
+        body[0:4] = len(rows).to_bytes(4, "little")
+        for i, (name, addr, dest) in enumerate(rows):
+            _ENDPOINT_ENTRY.pack_into(body, 4 + i * _ENDPOINT_ENTRY.size, name.encode()[:31], addr & 0xFFFFFFFF,
+                                      dest & 0xFFFFFFFF)
+        w.write(table + 4, bytes(body))
+        w.store_word(table, writing + 1)  # even again: complete
 
     def close(self) -> None:
         if self._doorbell is not None:

@@ -123,6 +123,8 @@ class RpmsgView:
     vrings: tuple[tuple[int, int], ...]  # (avail idx, used idx) per vring
     driver: Peer | None
     device: Peer | None
+    # (side, name, local address, remote address or None while unbound), as each side publishes them
+    endpoints: tuple[tuple[str, str, int, int | None], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -282,6 +284,7 @@ def _rpmsg(region: Region, entry: ObjectEntry) -> RpmsgView:
 
     status: int | None = None
     vrings: list[tuple[int, int]] = []
+    endpoints: list[tuple[str, str, int, int | None]] = []
     if entry.size >= T._RSC_AT + 0x58 and m.load_u32(base + T._OFF_MAGIC) == T._RT_MAGIC:
         try:
             from ..rpmsg._window import Window
@@ -292,6 +295,8 @@ def _rpmsg(region: Region, entry: ObjectEntry) -> RpmsgView:
             whole.release()
             window = Window(view, m, base)
             try:
+                for side_name, rows in T.read_endpoint_tables(view).items():
+                    endpoints += [(side_name, n, a, None if d == 0xFFFFFFFF else d) for n, a, d in rows]
                 table = parse_resource_table(window, m.load_u32(base + T._OFF_RSC))
                 status = table.status
                 for ring in table.vrings:
@@ -305,6 +310,7 @@ def _rpmsg(region: Region, entry: ObjectEntry) -> RpmsgView:
     return RpmsgView(
         entry.name, status, tuple(vrings),
         side(T._OFF_DRIVER_PID, T._OFF_DRIVER_START), side(T._OFF_DEVICE_PID, T._OFF_DEVICE_START),
+        tuple(endpoints),
     )
 
 

@@ -120,6 +120,10 @@ def render_text(snap: RegionSnapshot, buffer_rates: dict[str, BufferRate] | None
         rows = [[r.name, "-" if r.status is None else f"{r.status:#04x}",
                  " ".join(f"{a}/{u}" for a, u in r.vrings) or "-", _peer(r.driver), _peer(r.device)] for r in snap.rpmsg]
         lines += ["  " + line for line in _table(["link", "status", "vrings avail/used", "driver", "device"], rows)]
+        for r in snap.rpmsg:
+            for side, name, addr, dest in r.endpoints:
+                bound = "unbound" if dest is None else f"-> {dest:#x}"
+                lines.append(f"  {r.name} {side} endpoint {name or '(no name)'!r} at {addr:#x} {bound}")
     if snap.pools:
         lines += ["", "payload pools"]
         lines += [f"  {p.name}: " + ", ".join(f"{k} {v}" for k, v in p.statistics.items()) for p in snap.pools]
