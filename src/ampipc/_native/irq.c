@@ -749,6 +749,19 @@ static void isr_take_or_hand_over(TaskIsrObject *isr, RingObject *r, int role) {
     if (!isr_service(isr, r, role)) sys_futex(pending, FUTEX_WAKE, INT_MAX, NULL);
 }
 
+static void isr_spin_begin(RingObject *r) {
+    TaskIsrObject *isr = (TaskIsrObject *)r->isr;
+    if (futex_waitv_missing) return;
+    __atomic_fetch_add((uint32_t *)(isr->mapping->base + isr->pending_off + CORE_TASK_WAITERS), 1, __ATOMIC_SEQ_CST);
+}
+
+static void isr_spin_end(RingObject *r, int role) {
+    TaskIsrObject *isr = (TaskIsrObject *)r->isr;
+    if (futex_waitv_missing) return;
+    __atomic_fetch_sub((uint32_t *)(isr->mapping->base + isr->pending_off + CORE_TASK_WAITERS), 1, __ATOMIC_SEQ_CST);
+    isr_take_or_hand_over(isr, r, role); /* a doorbell rung meanwhile woke nobody: it is this task's */
+}
+
 /* The blocked task's sleep when its ring is served by a TaskIsr: on the ring's index and on the
  * core's task doorbell at once, servicing the line whenever it is raised. Called with the GIL;
  * returns as futex_sleep does (1 woken or changed, 0 slice over or signal). */

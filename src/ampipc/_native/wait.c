@@ -68,8 +68,11 @@ static void spin_learn(RingObject *r, int ready) {
         r->spin_score = r->spin_score - 2 < -1 ? -1 : r->spin_score - 2;
 }
 
-/* irq.c: the sleep of a task that services its core's doorbell line while it waits */
+/* irq.c: the sleep of a task that services its core's doorbell line while it waits, and the same
+ * bookkeeping around a spin (no GIL held) */
 static int isr_sleep(RingObject *r, int role, Py_ssize_t word_off, uint32_t seen, int64_t slice_ns);
+static void isr_spin_begin(RingObject *r);
+static void isr_spin_end(RingObject *r, int role);
 
 static inline Py_ssize_t peer_closed_off(int role) { return role == ROLE_WRITER ? OFF_READER_CLOSED : OFF_WRITER_CLOSED; }
 
@@ -112,6 +115,10 @@ static int ring_wait(RingObject *r, int role, uint32_t need, int64_t deadline, i
     if (spin > 0) {
         int ready = 0;
         Py_BEGIN_ALLOW_THREADS
+        /* A task spinning on a ring that a strategy serves counts as a waiter of its core's line:
+         * the sender's doorbell then does not wake the dispatcher for an event this task sees
+         * by itself; the task services the line in C as it leaves (isr_spin_end). */
+        if (r->isr != NULL) isr_spin_begin(r);
         int64_t start = now_ns();
         int64_t stop = start + spin;
         if (deadline >= 0 && deadline < stop) stop = deadline;
@@ -123,6 +130,7 @@ static int ring_wait(RingObject *r, int role, uint32_t need, int64_t deadline, i
             cpu_relax();
             if ((i & 63) == 0 && now_ns() >= stop) break;
         }
+        if (r->isr != NULL) isr_spin_end(r, role);
         Py_END_ALLOW_THREADS
         spin_learn(r, ready);
         if (ready) {
