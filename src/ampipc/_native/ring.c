@@ -38,7 +38,9 @@ typedef struct {
     PyObject *guard;        /* bytearray(2): in-process writer / reader busy flags */
     long spin_ns;  /* the configured spin */
     int spin_score;     /* the spin policy's record of recent spins (see spin_decide) */
-    unsigned spin_probe; /* waits since spinning was turned off */
+    unsigned spin_probe; /* waits since the last probe while spinning is off */
+    unsigned spin_probe_every; /* waits between probes (0: SPIN_PROBE_FIRST) */
+    int probing; /* the spin in progress is a probe */
     int in_hook; /* bit ROLE_WRITER: in the send hook; bit ROLE_READER: in the receive hook */
     int roles_used; /* bit per role this object has taken (what close() closes) */
     PyObject *isr;  /* a TaskIsr (irq.c) whose line this ring's blocked side services, or NULL */

@@ -24,7 +24,8 @@ static inline int ring_ready(RingObject *r, int role, uint32_t need) {
 
 /* ---- the spin policy -------------------------------------------------------------------------- */
 
-#define SPIN_PROBE_EVERY 32 /* waits between probes while spinning is off */
+#define SPIN_PROBE_FIRST 32   /* waits before the first probe once spinning is off */
+#define SPIN_PROBE_LAST 1024  /* the longest interval between probes (each failed probe doubles it) */
 #define SPIN_SCORE_MAX 8
 #define CPU_RECHECK_EVERY 256 /* waits between affinity checks (taskset may change it) */
 
@@ -51,21 +52,38 @@ static int peer_may_run_elsewhere(RingObject *r, int role) {
 }
 
 /* How long to spin before this wait: the configured spin while spins succeed, nothing while they
- * fail (score below zero), a probe of an eighth of it every SPIN_PROBE_EVERY waits meanwhile. */
+ * fail (score below zero), and meanwhile a probe of the whole spin now and then. The probe is as
+ * long as a spin because an answer from a peer that was asleep comes a futex wake-up later (tens
+ * of microseconds on a VM): a shorter probe would never see spinning pay again. Each failed probe
+ * doubles the interval to the next (SPIN_PROBE_FIRST .. SPIN_PROBE_LAST waits), so on a loaded
+ * machine the probes cost next to nothing. */
 static long spin_decide(RingObject *r, int role) {
     if (r->spin_ns <= 0 || !peer_may_run_elsewhere(r, role)) return 0;
     if (r->spin_score >= 0) return r->spin_ns;
-    if (++r->spin_probe % SPIN_PROBE_EVERY == 0) return r->spin_ns / 8;
+    unsigned every = r->spin_probe_every ? r->spin_probe_every : SPIN_PROBE_FIRST;
+    if (++r->spin_probe >= every) {
+        r->spin_probe = 0;
+        r->probing = 1;
+        return r->spin_ns;
+    }
     return 0;
 }
 
 /* A success earns one point, a failure costs two: spinning stays on only where it wins at least
- * two waits in three. A success while off (a probe) turns it back on at once. */
+ * two waits in three. A successful probe turns it back on at once; a failed one waits longer. */
 static void spin_learn(RingObject *r, int ready) {
-    if (ready)
+    int probe = r->probing;
+    r->probing = 0;
+    if (ready) {
         r->spin_score = r->spin_score < 0 ? 0 : (r->spin_score < SPIN_SCORE_MAX ? r->spin_score + 1 : SPIN_SCORE_MAX);
-    else
+        r->spin_probe_every = SPIN_PROBE_FIRST;
+    } else {
         r->spin_score = r->spin_score - 2 < -1 ? -1 : r->spin_score - 2;
+        if (probe) {
+            unsigned every = r->spin_probe_every ? r->spin_probe_every : SPIN_PROBE_FIRST;
+            r->spin_probe_every = every * 2 > SPIN_PROBE_LAST ? SPIN_PROBE_LAST : every * 2;
+        }
+    }
 }
 
 /* irq.c: the sleep of a task that services its core's doorbell line while it waits, and the same
