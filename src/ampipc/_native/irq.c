@@ -135,6 +135,7 @@ static PyTypeObject GateType = {
 /* ---- raising a line, as Hardware._raise_line ---------------------------------------------------- */
 
 /* The core block's words next to the pending-lines word (hw/_regs.py) */
+#define CORE_TASK_SLEEPERS 28 /* of the waiters, those asleep on the doorbell (the others spin) */
 #define CORE_TASK_WAITERS 56
 #define CORE_TASK_DOORBELL 60
 
@@ -149,7 +150,9 @@ static void raise_line(unsigned char *base, Py_ssize_t pending_off, Py_ssize_t r
     unsigned char *block = base + pending_off;
     if (__atomic_load_n((uint32_t *)(block + CORE_TASK_WAITERS), __ATOMIC_SEQ_CST) > 0) {
         __atomic_fetch_add((uint32_t *)(block + CORE_TASK_DOORBELL), 1, __ATOMIC_SEQ_CST);
-        sys_futex(block + CORE_TASK_DOORBELL, FUTEX_WAKE, 1, NULL);
+        /* a spinning task sees the line as it leaves its spin: only a sleeping one needs the call */
+        if (__atomic_load_n((uint32_t *)(block + CORE_TASK_SLEEPERS), __ATOMIC_SEQ_CST) > 0)
+            sys_futex(block + CORE_TASK_DOORBELL, FUTEX_WAKE, 1, NULL);
     } else
         sys_futex(block + 0, FUTEX_WAKE, INT_MAX, NULL);
 }
@@ -771,12 +774,14 @@ static int isr_sleep(RingObject *r, int role, Py_ssize_t word_off, uint32_t seen
     if (futex_waitv_missing) return futex_sleep((uint32_t *)(h + word_off), seen, slice_ns);
     unsigned char *block = isr->mapping->base + isr->pending_off;
     uint32_t *waiters = (uint32_t *)(block + CORE_TASK_WAITERS), *doorbell = (uint32_t *)(block + CORE_TASK_DOORBELL);
+    uint32_t *sleepers = (uint32_t *)(block + CORE_TASK_SLEEPERS);
     int result = 0;
     long rc;
     int err = 0;
     Py_BEGIN_ALLOW_THREADS
     uint32_t ring = __atomic_load_n(doorbell, __ATOMIC_SEQ_CST);
     __atomic_fetch_add(waiters, 1, __ATOMIC_SEQ_CST);
+    __atomic_fetch_add(sleepers, 1, __ATOMIC_SEQ_CST);
     uint32_t pend = __atomic_load_n((uint32_t *)block, __ATOMIC_SEQ_CST);
     int serviced = 0;
     if (pend & isr->line_bit) {
@@ -799,6 +804,7 @@ static int isr_sleep(RingObject *r, int role, Py_ssize_t word_off, uint32_t seen
         if (rc < 0) err = errno;
     }
     /* leaving: a line raised while this task was counted woke no dispatcher, so it is this task's */
+    __atomic_fetch_sub(sleepers, 1, __ATOMIC_SEQ_CST);
     __atomic_fetch_sub(waiters, 1, __ATOMIC_SEQ_CST);
     isr_take_or_hand_over(isr, r, role);
     Py_END_ALLOW_THREADS

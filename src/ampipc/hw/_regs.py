@@ -84,6 +84,7 @@ C_IMR = 12
 C_EXTI = 16
 C_HSEM_IER = 20
 C_HSEM_ISR = 24
+C_TASK_SLEEPERS = 28  # of the C_TASK_WAITERS below, those asleep (written by the C strategy paths only)
 C_RAISED = 32
 C_HANDLED = 40
 C_EVENTS = 48
