@@ -46,6 +46,7 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+#include "_native/clock.h"
 
 #define MAX_CHANNELS 16
 #define REGS_STRIDE 64
@@ -76,12 +77,6 @@
 
 #define WAIT_SLICE_NS 100000000LL
 #define IDLE_SPIN_NS 50000LL
-
-static int64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
 
 static long sys_futex(uint32_t *addr, int op, uint32_t val, const struct timespec *ts) {
     return syscall(SYS_futex, addr, op, val, ts, NULL, 0);

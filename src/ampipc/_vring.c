@@ -39,6 +39,7 @@
 #include <string.h>
 #include <sched.h>
 #include <time.h>
+#include "_native/clock.h"
 
 /* ---- the wire (rpmsg/_wire.py is the commented reference) ------------------------------------ */
 #define DESC_SIZE 16
@@ -81,20 +82,6 @@ static inline void store_word(unsigned char *p, uint32_t v) {
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     wr32(p, v);
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
-}
-
-static inline void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield" ::: "memory");
-#endif
-}
-
-static inline int64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
 /* ---- the shared area of one call ------------------------------------------------------------ */

@@ -39,6 +39,7 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+#include "_native/clock.h"
 
 #ifndef SYS_futex_waitv
 #define SYS_futex_waitv 449 /* x86_64 and aarch64 (asm-generic) */
@@ -65,12 +66,6 @@ typedef struct {
 } word_t;
 
 static int waitv_supported = -1; /* -1 unknown, 0 no, 1 yes */
-
-static inline int64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
 
 static inline struct timespec ts_of(int64_t ns) {
     struct timespec ts;

@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "layout.h"
+#include "clock.h"
 
 #define WAIT_SLICE_NS 100000000LL /* 100 ms: the longest a wait goes without re-checking */
 #define DEFAULT_SPIN_NS 50000
@@ -39,20 +40,6 @@ static uint64_t process_start = 0;
 static long default_spin_ns = DEFAULT_SPIN_NS;
 
 /* ---- small helpers ------------------------------------------------------------------------- */
-
-static inline void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield" ::: "memory");
-#endif
-}
-
-static inline int64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
 
 static inline uint32_t ld32_acq(const void *p) { return __atomic_load_n((const uint32_t *)p, __ATOMIC_ACQUIRE); }
 static inline uint32_t ld32_rlx(const void *p) { return __atomic_load_n((const uint32_t *)p, __ATOMIC_RELAXED); }
