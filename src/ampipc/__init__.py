@@ -14,8 +14,11 @@ from .errors import (
     BlockingInIsr,
     BufferTooSmall,
     CorruptRegion,
+    DomainPoweredDown,
     IncompatibleRegion,
     IpcError,
+    LayoutMismatch,
+    MemoryUnreachable,
     MessageTooLarge,
     NoBuffer,
     ObjectExists,
@@ -73,6 +76,9 @@ __all__ = [
     "ResourceExhausted",
     "ProtocolError",
     "NoBuffer",
+    "MemoryUnreachable",
+    "DomainPoweredDown",
+    "LayoutMismatch",
 ]
 
 get_default_spin = _native.get_default_spin
@@ -81,6 +87,7 @@ set_default_spin = _native.set_default_spin
 _native._set_errors(
     CorruptRegion, MessageTooLarge, BufferTooSmall, RegionClosed, RoleBusy, BlockingInIsr, Timeout, PeerClosed
 )
+_native._set_chip_errors(DomainPoweredDown)
 
 
 def _refresh_identity() -> None:

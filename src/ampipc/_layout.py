@@ -125,3 +125,81 @@ KIND_STREAM_BUFFER = "stream_buffer"
 
 def align_up(value: int, alignment: int = OBJECT_ALIGN) -> int:
     return (value + alignment - 1) // alignment * alignment
+
+
+# ---- the chip memory record (ampipc.hw.memory; the C core's memory model reads it: layout.h) ----
+#
+# A region placed in a chip memory (``Region.create(..., chip=..., memory=...)``) holds one directory
+# object named CHIP_RECORD_NAME, kind KIND_CHIP_MEMORY, written once by the creator but for the
+# words marked otherwise::
+#
+#     0   u32  magic            "AMCM" (0x4D434D41)
+#     4   u32  record version   CHIP_RECORD_VERSION
+#     8   char chip[16]         ASCII, NUL padded ("stm32h745")
+#     24  char memory[16]       ASCII, NUL padded ("SRAM4")
+#     40  u32  base address     the chip address of region byte 0 (0x38000000 for SRAM4)
+#     44  u32  memory size      bytes of that chip memory (the region is at most this big)
+#     48  u32  flags            bit 0: the CM7 D-cache model is on for this region
+#     52  u32  line size        32: the Cortex-M7 D-cache line
+#     56  u32  domain           1, 2 or 3: the power domain (D1, D2, D3) the memory is in
+#     60  u32  cache size       bytes of the CM7 D-cache (16384 on the STM32H745/H747)
+#     64  u32  cache ways       4
+#     68  u32  lines            lines of the region: region size / line size (the dirty map's entries)
+#     72  u32  domain power[4]  index 1..3: 0 while the domain runs, 1 while it is in a low-power mode
+#                               (its SRAMs unreachable); written by ampipc.hw.power as cores sleep and wake
+#     88  u32  default policy   the CM7's cache policy for this memory without an MPU region (CACHE_POLICY_*)
+#     92..127 reserved (0)
+#     128 u32  report lock      0 free, else the pid of the process adding a report
+#     132 u32  report capacity  entries below
+#     136 u32  reports used     distinct reports recorded (entries in use)
+#     140 u32  reports dropped  distinct reports that found no free entry
+#     144 u64  reports total    every occurrence, recorded or not
+#     152 u64  reserved
+#     160 entries[capacity], 32 bytes each: u32 kind (REPORT_*), u32 core (MODEL_CORE_*),
+#         u32 offset (region offset of the first byte concerned), u32 length (bytes accessed),
+#         u64 occurrences, u64 first seen (CLOCK_MONOTONIC ns)
+#     160 + 32 * capacity: the dirty map, one u32 per region line: bit i set while the CM7 holds
+#         byte i of that line dirty in its cache (written by the CM7's model only)
+#
+# A report is one distinct (kind, core, line) and counts its occurrences.
+CHIP_RECORD_NAME = "__chip_memory__"
+KIND_CHIP_MEMORY = "hw_chip_memory"
+CHIP_RECORD_MAGIC = 0x4D434D41
+CHIP_RECORD_VERSION = 1
+CHIP_HEADER = struct.Struct("<II16s16sIIIIIIIIIIIII")  # through default policy (offset 92)
+CHIP_OFF_FLAGS = 48
+CHIP_OFF_DOMAIN_POWER = 72  # + 4 * domain
+CHIP_OFF_DEFAULT_POLICY = 88
+CHIP_OFF_REPORT_LOCK = 128
+CHIP_OFF_REPORT_CAPACITY = 132
+CHIP_OFF_REPORTS_USED = 136
+CHIP_OFF_REPORTS_DROPPED = 140
+CHIP_OFF_REPORTS_TOTAL = 144
+CHIP_OFF_REPORTS = 160
+CHIP_REPORT = struct.Struct("<IIIIQQ")
+CHIP_REPORT_SIZE = 32
+CHIP_DEFAULT_REPORT_CAPACITY = 256
+CHIP_FLAG_CACHE_MODEL = 1
+CHIP_LINE_SIZE = 32
+
+# cache policies of a memory or an MPU region, as the CM7 applies them
+CACHE_POLICY_NONCACHEABLE = 0
+CACHE_POLICY_WRITE_BACK = 1  # write-back, read and write allocate (the default map's SRAM policy)
+CACHE_POLICY_WRITE_BACK_NO_WA = 2  # write-back, read allocate only
+CACHE_POLICY_WRITE_THROUGH = 3
+
+# the accessing side, as the model and its reports name it
+MODEL_CORE_CM7 = 1
+MODEL_CORE_CM4 = 2
+MODEL_CORE_DMA = 3
+
+# what a report says
+REPORT_STALE_READ = 1  # the CM7 read a cached line that another side changed in memory since the fill
+REPORT_DIRTY_READ = 2  # the CM4 or a DMA read memory the CM7 holds dirty in its cache
+REPORT_LOST_WRITE = 3  # a CM7 write-back overwrote bytes another side changed since the fill
+REPORT_PARTIAL_INVALIDATE = 4  # an invalidate by address discarded dirty bytes outside its range
+
+
+def chip_record_size(region_size: int, capacity: int = CHIP_DEFAULT_REPORT_CAPACITY) -> int:
+    lines = (region_size + CHIP_LINE_SIZE - 1) // CHIP_LINE_SIZE
+    return CHIP_OFF_REPORTS + CHIP_REPORT_SIZE * capacity + 4 * lines

@@ -28,6 +28,9 @@ __all__ = [
     "ResourceExhausted",
     "ProtocolError",
     "NoBuffer",
+    "MemoryUnreachable",
+    "DomainPoweredDown",
+    "LayoutMismatch",
 ]
 
 
@@ -137,3 +140,45 @@ class ProtocolError(IpcError):
 
 class NoBuffer(Timeout):
     """No transmit buffer came free within the timeout (OpenAMP's RPMSG_ERR_NO_BUFF)."""
+
+
+class MemoryUnreachable(IpcError, PermissionError):
+    """The core cannot reach the chip memory the region lies in (the chip's memory map says why).
+
+    ``core`` names the core, ``memory`` the memory, ``reason`` the table's reason.
+    """
+
+    def __init__(self, message: str, *, core: str = "", memory: str = "", reason: str = "") -> None:
+        super().__init__(message)
+        self.core = core
+        self.memory = memory
+        self.reason = reason
+
+
+class DomainPoweredDown(IpcError):
+    """An access to a memory whose power domain is in a low-power mode (its SRAMs are unreachable).
+
+    ``domain`` names the domain (``"D1"``, ``"D2"``), ``memory`` the memory.
+    """
+
+    def __init__(self, message: str, *, domain: str = "", memory: str = "") -> None:
+        super().__init__(message)
+        self.domain = domain
+        self.memory = memory
+
+
+class LayoutMismatch(IpcError):
+    """Two images disagree on a shared structure's layout (size, alignment or a field's offset).
+
+    ``structure`` names the structure, ``field`` the first field that differs (empty: the size or
+    alignment of the whole), ``expected`` and ``found`` describe both sides.
+    """
+
+    def __init__(
+        self, message: str, *, structure: str = "", field: str = "", expected: str = "", found: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.structure = structure
+        self.field = field
+        self.expected = expected
+        self.found = found

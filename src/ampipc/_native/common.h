@@ -32,7 +32,7 @@
 #define DEFAULT_SPIN_NS 50000
 
 static PyObject *ErrCorrupt, *ErrTooLarge, *ErrTooSmall, *ErrClosed, *ErrRoleBusy, *ErrInIsr, *ErrTimeout,
-    *ErrPeerClosed;
+    *ErrPeerClosed, *ErrPoweredDown;
 /* Set while this thread runs an interrupt handler: blocking calls are refused there. */
 static __thread int in_isr_context __attribute__((tls_model("initial-exec"))) = 0;
 static uint32_t process_pid = 0;

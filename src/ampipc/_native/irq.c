@@ -646,7 +646,8 @@ static int isr_control(TaskIsrObject *isr, RingObject *self, int self_role) {
         unsigned char *ch = ring_hdr(cb);
         for (;;) {
             /* the checks of ring_load and ring_peek_length, without raising: no GIL is held here */
-            uint32_t length = ld32_rlx(ch + OFF_LENGTH), tail = ld32_rlx(ch + OFF_TAIL), head = ld32_acq(ch + OFF_HEAD);
+            uint32_t length = ring_data_ld32(cb, OFF_LENGTH, 0), tail = ring_data_ld32(cb, OFF_TAIL, 0),
+                     head = ring_data_ld32(cb, OFF_HEAD, 1);
             if (length != cb->length || head >= length || tail >= length) return -1;
             ring_state s = {head, tail, length};
             uint32_t avail = st_avail(&s);
@@ -670,7 +671,7 @@ static int isr_control(TaskIsrObject *isr, RingObject *self, int self_role) {
                 }
             if (e == NULL) return -1;
             ring_record_identity(cb, OFF_READER_PID, OFF_READER_START);
-            st32_rel(ch + OFF_TAIL, ring_advance(cb, at, CONTROL_RECORD_SIZE));
+            ring_data_st32(cb, OFF_TAIL, ring_advance(cb, at, CONTROL_RECORD_SIZE));
             bump64(ch + OFF_MSGS_OUT, 1);
             bump64(ch + OFF_BYTES_OUT, CONTROL_RECORD_SIZE);
             __atomic_fetch_and((uint32_t *)(base + e->pending_off), ~e->bit, __ATOMIC_SEQ_CST); /* before the wake */

@@ -12,6 +12,8 @@
  * guard (guard.c), and every call checks whether the segment was shrunk under it.
  */
 
+struct memmodel; /* dcache.c: the chip memory model of a chip region's core, if attached */
+
 typedef struct {
     PyObject_HEAD
     unsigned char *base;
@@ -20,10 +22,29 @@ typedef struct {
     int guard_slot;     /* index + 1 in guard_table, 0 if none (a new object is zeroed) */
     Py_ssize_t exports; /* buffer-protocol views alive */
     Py_ssize_t busy;    /* native calls in flight that released the GIL */
+    /* Chip regions (ampipc.hw.memory): the u32 that is non-zero while the power domain of the
+     * region's memory is in a low-power mode, + 1 (0: a plain region, nothing to check), and the
+     * (domain, memory) names the refusal gives. */
+    Py_ssize_t power_off_plus1;
+    PyObject *power_names;
+    struct memmodel *model; /* NULL: plain memory, the fast path */
     PyObject *weakreflist;
 } MappingObject;
 
+static void model_free(MappingObject *m);
+static PyObject *mapping_model_attach(MappingObject *self, PyObject *args);
+static PyObject *mapping_model_detach(MappingObject *self, PyObject *unused);
+static PyObject *mapping_model_read(MappingObject *self, PyObject *args);
+static PyObject *mapping_model_write(MappingObject *self, PyObject *args);
+static PyObject *mapping_model_observe(MappingObject *self, PyObject *args);
+static PyObject *mapping_model_maintain(MappingObject *self, PyObject *args);
+static PyObject *mapping_model_set_mpu(MappingObject *self, PyObject *ranges);
+static PyObject *mapping_model_lines(MappingObject *self, PyObject *unused);
+static PyObject *mapping_model_counters(MappingObject *self, PyObject *unused);
+static PyObject *mapping_get_model_core(MappingObject *self, void *c);
+
 static void mapping_unmap(MappingObject *m) {
+    model_free(m);
     munmap(m->base, (size_t)m->size);
     guard_unregister(m->guard_slot);
     m->guard_slot = 0;
@@ -73,6 +94,7 @@ static int mapping_init(MappingObject *self, PyObject *args, PyObject *kwds) {
 
 static void mapping_dealloc(MappingObject *self) {
     if (self->weakreflist != NULL) PyObject_ClearWeakRefs((PyObject *)self);
+    Py_CLEAR(self->power_names);
     if (self->base != NULL) mapping_unmap(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -87,6 +109,43 @@ static int mapping_check_open(MappingObject *m) {
         return -1;
     }
     return 0;
+}
+
+/* The SRAMs of a domain in a low-power mode cannot be reached: every buffer operation on a chip
+ * region whose domain is down is refused (ring_open). One predictable branch for plain regions. */
+static int mapping_check_powered(MappingObject *m, PyObject *what) {
+    if (__builtin_expect(m->power_off_plus1 == 0, 1)) return 0;
+    if (ld32_acq(m->base + m->power_off_plus1 - 1) == 0) return 0;
+    PyObject *domain = PyTuple_GET_ITEM(m->power_names, 0), *memory = PyTuple_GET_ITEM(m->power_names, 1);
+    PyObject *msg = PyUnicode_FromFormat(
+        "%R lies in %U, in power domain %U, which is in a low-power mode: its SRAMs cannot be reached until a "
+        "wake-up (HSEM, EXTI or SEV) brings the domain back to RUN",
+        what, memory, domain);
+    if (msg == NULL) return -1;
+    PyObject *args = PyTuple_Pack(1, msg);
+    Py_DECREF(msg);
+    PyObject *kw = args ? Py_BuildValue("{s:O,s:O}", "domain", domain, "memory", memory) : NULL;
+    PyObject *exc = kw ? PyObject_Call(ErrPoweredDown, args, kw) : NULL;
+    Py_XDECREF(args);
+    Py_XDECREF(kw);
+    if (exc != NULL) {
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
+    }
+    return -1;
+}
+
+static unsigned char *mapping_word(MappingObject *m, Py_ssize_t off, Py_ssize_t width);
+
+static PyObject *mapping_set_power_word(MappingObject *self, PyObject *args) {
+    Py_ssize_t off;
+    PyObject *domain, *memory;
+    if (!PyArg_ParseTuple(args, "nUU", &off, &domain, &memory)) return NULL;
+    if (mapping_word(self, off, 4) == NULL) return NULL;
+    Py_XSETREF(self->power_names, PyTuple_Pack(2, domain, memory));
+    if (self->power_names == NULL) return NULL;
+    self->power_off_plus1 = off + 1;
+    Py_RETURN_NONE;
 }
 
 static PyObject *mapping_close(MappingObject *self, PyObject *unused) {
@@ -308,6 +367,21 @@ static PyObject *mapping_get_faulted(MappingObject *self, void *c) { return PyBo
 
 static PyMethodDef mapping_methods[] = {
     {"close", (PyCFunction)mapping_close, METH_NOARGS, "Close; the unmap waits for views and waits in flight."},
+    {"model_attach", (PyCFunction)mapping_model_attach, METH_VARARGS,
+     "model_attach(record, core, cached): access the region's data as core 1 (CM7) or 2 (CM4) of its chip model."},
+    {"model_detach", (PyCFunction)mapping_model_detach, METH_NOARGS, "Back to plain memory (the CM7's lines are dropped)."},
+    {"model_read", (PyCFunction)mapping_model_read, METH_VARARGS, "model_read(offset, n): read as this core."},
+    {"model_write", (PyCFunction)mapping_model_write, METH_VARARGS, "model_write(offset, data): write as this core."},
+    {"model_observe", (PyCFunction)mapping_model_observe, METH_VARARGS,
+     "model_observe(offset, n, core=3): a read of memory by another bus master, checked against the dirty map."},
+    {"model_maintain", (PyCFunction)mapping_model_maintain, METH_VARARGS,
+     "model_maintain(op, offset=0, n=-1): 1 clean, 2 invalidate, 3 both, by range (n < 0: the whole cache)."},
+    {"model_set_mpu", (PyCFunction)mapping_model_set_mpu, METH_O,
+     "model_set_mpu([(lo, hi, policy), ...]): the MPU's ranges in region offsets, lowest region number first."},
+    {"model_lines", (PyCFunction)mapping_model_lines, METH_NOARGS, "The CM7's lines of this region: (offset, dirty, data, fill)."},
+    {"model_counters", (PyCFunction)mapping_model_counters, METH_NOARGS, "The CM7 cache's hit/miss/write-back counters."},
+    {"set_power_word", (PyCFunction)mapping_set_power_word, METH_VARARGS,
+     "set_power_word(offset, domain, memory): buffer operations are refused while the u32 at offset is non-zero."},
     {"load_u32", (PyCFunction)mapping_load_u32, METH_O, "Atomic load (seq_cst) of the u32 at offset."},
     {"store_u32", (PyCFunction)mapping_store_u32, METH_VARARGS, "Atomic store (seq_cst)."},
     {"cas_u32", (PyCFunction)mapping_cas_u32, METH_VARARGS, "Compare-and-swap; returns the value found."},
@@ -330,6 +404,7 @@ static PyMethodDef mapping_methods[] = {
 static PyGetSetDef mapping_getset[] = {
     {"size", (getter)mapping_get_size, NULL, "Bytes mapped.", NULL},
     {"closed", (getter)mapping_get_closed, NULL, "True after close().", NULL},
+    {"model_core", (getter)mapping_get_model_core, NULL, "The core the model accesses as (1 CM7, 2 CM4), or None.", NULL},
     {"faulted", (getter)mapping_get_faulted, NULL, "True once an access faulted: the segment was shrunk.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };

@@ -18,6 +18,7 @@
 
 #include "guard.c"
 #include "mapping.c"
+#include "dcache.c"
 #include "ring.c"
 #include "wait.c"
 #include "irq.c"
@@ -68,6 +69,11 @@ static PyObject *mod_set_errors(PyObject *m, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *mod_set_chip_errors(PyObject *m, PyObject *arg) {
+    Py_XSETREF(ErrPoweredDown, Py_NewRef(arg));
+    Py_RETURN_NONE;
+}
+
 static PyObject *mod_get_default_spin(PyObject *m, PyObject *unused) {
     return PyFloat_FromDouble((double)default_spin_ns / 1e9);
 }
@@ -102,6 +108,7 @@ static PyMethodDef module_methods[] = {
     {"set_process_identity", mod_set_process_identity, METH_VARARGS,
      "set_process_identity(pid, start_time): the token buffers record for their writer and reader."},
     {"_set_errors", mod_set_errors, METH_VARARGS, "Install the exception classes the core raises."},
+    {"_set_chip_errors", mod_set_chip_errors, METH_O, "Install the class raised for a powered-down domain."},
     {"get_default_spin", mod_get_default_spin, METH_NOARGS, "Seconds new buffers spin before sleeping."},
     {"set_default_spin", mod_set_default_spin, METH_O, "Set the spin of buffers made from now on."},
     {NULL, NULL, 0, NULL},
@@ -124,6 +131,7 @@ PyMODINIT_FUNC PyInit__native(void) {
     ErrInIsr = Py_NewRef(PyExc_RuntimeError);
     ErrTimeout = Py_NewRef(PyExc_TimeoutError);
     ErrPeerClosed = Py_NewRef(PyExc_EOFError);
+    ErrPoweredDown = Py_NewRef(PyExc_RuntimeError);
     guard_install();
     PyObject *m = PyModule_Create(&native_module);
     if (m == NULL) return NULL;

@@ -54,6 +54,25 @@ typedef struct {
 
 static inline unsigned char *ring_hdr(RingObject *r) { return r->mapping->base + r->offset; }
 
+/* The firmware-visible words of a ring (length, trigger level, head, tail) and its storage go
+ * through the chip memory model when one is attached (dcache.c); a plain region takes the direct
+ * path (`acquire` is a constant at every call site). The rest of the header is host bookkeeping. */
+static inline uint32_t ring_data_ld32(RingObject *r, Py_ssize_t off, int acquire) {
+    if (__builtin_expect(r->mapping->model != NULL, 0)) {
+        uint32_t v;
+        model_read(r->mapping->model, (uint32_t)(r->offset + off), (unsigned char *)&v, 4);
+        return v;
+    }
+    return acquire ? ld32_acq(ring_hdr(r) + off) : ld32_rlx(ring_hdr(r) + off);
+}
+
+static inline void ring_data_st32(RingObject *r, Py_ssize_t off, uint32_t v) {
+    if (__builtin_expect(r->mapping->model != NULL, 0))
+        model_write(r->mapping->model, (uint32_t)(r->offset + off), (const unsigned char *)&v, 4);
+    else
+        st32_rel(ring_hdr(r) + off, v);
+}
+
 static PyObject *raise_corrupt(RingObject *r, const char *field, long long value, const char *why) {
     PyObject *msg = PyUnicode_FromFormat("shared buffer %R is corrupt: %s = %lld %s", r->name, field, value, why);
     if (msg == NULL) return NULL;
@@ -88,12 +107,12 @@ static int ring_open(RingObject *r) {
         PyErr_Format(ErrClosed, "buffer %R was closed", r->name);
         return -1;
     }
-    return mapping_check_open(r->mapping);
+    if (mapping_check_open(r->mapping) < 0) return -1;
+    return mapping_check_powered(r->mapping, r->name);
 }
 
 static int ring_load(RingObject *r, ring_state *s, int role) {
-    unsigned char *h = ring_hdr(r);
-    uint32_t length = ld32_rlx(h + OFF_LENGTH);
+    uint32_t length = ring_data_ld32(r, OFF_LENGTH, 0);
     if (length != r->length) {
         raise_corrupt(r, "length", length, "changed since attach");
         return -1;
@@ -101,11 +120,11 @@ static int ring_load(RingObject *r, ring_state *s, int role) {
     s->length = length;
     /* own index relaxed, the peer's with acquire: the peer's data is visible once its index is */
     if (role == ROLE_WRITER) {
-        s->head = ld32_rlx(h + OFF_HEAD);
-        s->tail = ld32_acq(h + OFF_TAIL);
+        s->head = ring_data_ld32(r, OFF_HEAD, 0);
+        s->tail = ring_data_ld32(r, OFF_TAIL, 1);
     } else {
-        s->tail = ld32_rlx(h + OFF_TAIL);
-        s->head = ld32_acq(h + OFF_HEAD);
+        s->tail = ring_data_ld32(r, OFF_TAIL, 0);
+        s->head = ring_data_ld32(r, OFF_HEAD, 1);
     }
     if (s->head >= length) {
         raise_corrupt(r, "head", s->head, "is not below the ring length");
@@ -134,6 +153,12 @@ static void ring_copy_in(RingObject *r, uint32_t at, const unsigned char *src, u
     unsigned char *data = ring_hdr(r) + r->data_off;
     uint32_t first = r->length - at;
     if (first > n) first = n;
+    if (__builtin_expect(r->mapping->model != NULL, 0)) {
+        uint32_t storage = (uint32_t)(r->offset + r->data_off);
+        model_write(r->mapping->model, storage + at, src, first);
+        if (n > first) model_write(r->mapping->model, storage, src + first, n - first);
+        return;
+    }
     /* memmove: the source may be a view of this very ring's storage */
     memmove(data + at, src, first);
     if (n > first) memmove(data, src + first, n - first);
@@ -143,6 +168,12 @@ static void ring_copy_out(RingObject *r, uint32_t at, unsigned char *dst, uint32
     unsigned char *data = ring_hdr(r) + r->data_off;
     uint32_t first = r->length - at;
     if (first > n) first = n;
+    if (__builtin_expect(r->mapping->model != NULL, 0)) {
+        uint32_t storage = (uint32_t)(r->offset + r->data_off);
+        model_read(r->mapping->model, storage + at, dst, first);
+        if (n > first) model_read(r->mapping->model, storage, dst + first, n - first);
+        return;
+    }
     memmove(dst, data + at, first);
     if (n > first) memmove(dst + first, data, n - first);
 }
@@ -227,9 +258,8 @@ static void ring_note_cpu(RingObject *r, int role) {
 }
 
 static void ring_send_completed(RingObject *r, uint32_t new_head, uint32_t tail) {
-    unsigned char *h = ring_hdr(r);
     uint32_t fill = ring_note_fill(r, new_head, tail);
-    uint32_t trigger = ld32_rlx(h + OFF_TRIGGER);
+    uint32_t trigger = ring_data_ld32(r, OFF_TRIGGER, 0);
     /* a batching buffer (FreeRTOS >= 11.1, main) notifies only once the fill exceeds the trigger */
     if ((r->flags & FLAG_BATCHING) ? fill <= trigger : fill < trigger) return;
     if (r->send_hook != NULL)
@@ -260,7 +290,7 @@ static int message_write(RingObject *r, const unsigned char *src, uint32_t n, ri
     s->head = ring_advance(r, at, n);
     unsigned char *h = ring_hdr(r);
     ring_record_identity(r, OFF_WRITER_PID, OFF_WRITER_START);
-    st32_rel(h + OFF_HEAD, s->head);
+    ring_data_st32(r, OFF_HEAD, s->head);
     bump64(h + OFF_MSGS_IN, 1);
     bump64(h + OFF_BYTES_IN, n);
     return 1;
@@ -286,7 +316,7 @@ static int op_stream_send(RingObject *r, const unsigned char *src, uint32_t n, u
     uint32_t new_head = ring_advance(r, s.head, k);
     unsigned char *h = ring_hdr(r);
     ring_record_identity(r, OFF_WRITER_PID, OFF_WRITER_START);
-    st32_rel(h + OFF_HEAD, new_head);
+    ring_data_st32(r, OFF_HEAD, new_head);
     bump64(h + OFF_MSGS_IN, 1);
     bump64(h + OFF_BYTES_IN, k);
     *written = k;
@@ -352,7 +382,7 @@ static int op_message_receive(RingObject *r, unsigned char *dst, Py_ssize_t dst_
     *out_len = n;
     unsigned char *h = ring_hdr(r);
     ring_record_identity(r, OFF_READER_PID, OFF_READER_START);
-    st32_rel(h + OFF_TAIL, ring_advance(r, at, n));
+    ring_data_st32(r, OFF_TAIL, ring_advance(r, at, n));
     bump64(h + OFF_MSGS_OUT, 1);
     bump64(h + OFF_BYTES_OUT, n);
     ring_receive_completed(r);
@@ -372,7 +402,7 @@ static int op_stream_receive(RingObject *r, unsigned char *dst, uint32_t max, ui
     ring_copy_out(r, s.tail, dst, k);
     unsigned char *h = ring_hdr(r);
     ring_record_identity(r, OFF_READER_PID, OFF_READER_START);
-    st32_rel(h + OFF_TAIL, ring_advance(r, s.tail, k));
+    ring_data_st32(r, OFF_TAIL, ring_advance(r, s.tail, k));
     bump64(h + OFF_MSGS_OUT, 1);
     bump64(h + OFF_BYTES_OUT, k);
     *got = k;

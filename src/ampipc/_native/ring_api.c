@@ -193,7 +193,7 @@ static int op_message_send_gather(RingObject *r, Py_buffer *views, Py_ssize_t co
         at = ring_advance(r, at, (uint32_t)views[i].len);
     }
     unsigned char *h = ring_hdr(r);
-    st32_rel(h + OFF_HEAD, at);
+    ring_data_st32(r, OFF_HEAD, at);
     bump64(h + OFF_MSGS_IN, 1);
     bump64(h + OFF_BYTES_IN, total);
     ring_send_completed(r, at, s.tail);
@@ -287,7 +287,7 @@ static Py_ssize_t op_message_send_batch(RingObject *r, Py_buffer *views, Py_ssiz
     }
     if (done == 0) return 0;
     unsigned char *h = ring_hdr(r);
-    st32_rel(h + OFF_HEAD, head);
+    ring_data_st32(r, OFF_HEAD, head);
     bump64(h + OFF_MSGS_IN, (uint64_t)done);
     bump64(h + OFF_BYTES_IN, bytes);
     ring_send_completed(r, head, s.tail);
@@ -401,7 +401,7 @@ static Py_ssize_t op_message_receive_batch(RingObject *r, Py_ssize_t max_count, 
     }
     if (done == 0) return 0;
     unsigned char *h = ring_hdr(r);
-    st32_rel(h + OFF_TAIL, s.tail);
+    ring_data_st32(r, OFF_TAIL, s.tail);
     bump64(h + OFF_MSGS_OUT, (uint64_t)done);
     bump64(h + OFF_BYTES_OUT, bytes);
     ring_receive_completed(r);
@@ -759,7 +759,7 @@ static PyObject *ring_get_capacity(RingObject *r, void *c) {
 
 static PyObject *ring_get_trigger(RingObject *r, void *c) {
     if (ring_open(r) < 0) return NULL;
-    return PyLong_FromUnsignedLong(ld32_rlx(ring_hdr(r) + OFF_TRIGGER));
+    return PyLong_FromUnsignedLong(ring_data_ld32(r, OFF_TRIGGER, 0));
 }
 
 /* xStreamBufferSetTriggerLevel: 0 becomes 1; accepted only below xLength (main branch). */
@@ -780,7 +780,7 @@ static int ring_set_trigger(RingObject *r, PyObject *value, void *c) {
         PyErr_Format(PyExc_ValueError, "trigger_level %lld is above the capacity %u", n, r->length - 1);
         return -1;
     }
-    st32_rel(ring_hdr(r) + OFF_TRIGGER, (uint32_t)n);
+    ring_data_st32(r, OFF_TRIGGER, (uint32_t)n);
     return 0;
 }
 

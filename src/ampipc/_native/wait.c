@@ -13,11 +13,10 @@
 
 /* What a blocked side waits for: for a writer, `need` free spaces; for a reader, `need` bytes. */
 static inline int ring_ready(RingObject *r, int role, uint32_t need) {
-    unsigned char *h = ring_hdr(r);
     ring_state s;
     s.length = r->length;
-    s.head = ld32_acq(h + OFF_HEAD);
-    s.tail = ld32_acq(h + OFF_TAIL);
+    s.head = ring_data_ld32(r, OFF_HEAD, 1);
+    s.tail = ring_data_ld32(r, OFF_TAIL, 1);
     if (s.head >= s.length || s.tail >= s.length) return 1; /* let the operation report it */
     return role == ROLE_WRITER ? st_spaces(&s) >= need : st_avail(&s) >= need;
 }
@@ -58,7 +57,8 @@ static int peer_may_run_elsewhere(RingObject *r, int role) {
  * doubles the interval to the next (SPIN_PROBE_FIRST .. SPIN_PROBE_LAST waits), so on a loaded
  * machine the probes cost next to nothing. */
 static long spin_decide(RingObject *r, int role) {
-    if (r->spin_ns <= 0 || !peer_may_run_elsewhere(r, role)) return 0;
+    /* no spin on a modelled region: the model's accesses take a lock, and speed is not its point */
+    if (r->spin_ns <= 0 || r->mapping->model != NULL || !peer_may_run_elsewhere(r, role)) return 0;
     if (r->spin_score >= 0) return r->spin_ns;
     unsigned every = r->spin_probe_every ? r->spin_probe_every : SPIN_PROBE_FIRST;
     if (++r->spin_probe >= every) {
@@ -288,7 +288,7 @@ static int refuse_in_isr(RingObject *r, int64_t timeout_ns, const char *what) {
 /* A blocked reader is woken only by the send hook, which fires once the trigger level is reached
  * (FreeRTOS); so it waits for that many bytes, or its deadline, then takes what there is. */
 static uint32_t ring_trigger(RingObject *r) {
-    uint32_t trigger = ld32_rlx(ring_hdr(r) + OFF_TRIGGER);
+    uint32_t trigger = ring_data_ld32(r, OFF_TRIGGER, 0);
     if (trigger == 0 || trigger >= r->length) trigger = 1;
     if ((r->flags & FLAG_BATCHING) && trigger < r->length - 1) trigger++; /* more than the trigger */
     return trigger;
@@ -297,7 +297,7 @@ static uint32_t ring_trigger(RingObject *r) {
 /* The bytes a task-level stream read needs to exceed before it reads anything (0: none). */
 static uint32_t ring_read_gate(RingObject *r) {
     if (!(r->flags & FLAG_BATCHING) || in_isr_context) return 0; /* an ISR read ignores it, as FreeRTOS's */
-    uint32_t trigger = ld32_rlx(ring_hdr(r) + OFF_TRIGGER);
+    uint32_t trigger = ring_data_ld32(r, OFF_TRIGGER, 0);
     return trigger >= r->length ? r->length - 1 : trigger;
 }
 
