@@ -24,6 +24,13 @@ wake sequence is bumped by the waking handler. CLOCK_MONOTONIC is system-wide, s
 in one process is comparable in another: the latency covers the notification, the interrupt
 dispatch and the handler's start, as "from event to handler" on the chip.
 
+Power domains. On a chip region (``Region.create(..., chip=..., memory=...)``, `ampipc.hw.memory`)
+each core's STOP takes its domain down with it (the CM7's D1, the CM4's D2: DStop) and its wake-up
+brings it back; the state is the domain's word in the region's chip memory record (written only
+here, by the processes acting as that core). While a domain is down its SRAMs cannot be reached:
+every buffer operation on a region in one of them raises `DomainPoweredDown` naming the domain.
+D3 (SRAM4, the backup SRAM) has no core of its own and stays reachable.
+
 `CorePower.sleep(mode)` is WFI/WFE: it enters `mode`, waits on the wake sequence (announce by
 reading it first, then sleep while it is unchanged: a wake between the two is never lost), then
 returns to RUN. `CorePower.wake()` is what the core's wake-up interrupt handler calls.
@@ -38,6 +45,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
+from .. import _layout as L
 from ..errors import CorruptRegion, ObjectExists
 
 if TYPE_CHECKING:
@@ -51,6 +59,8 @@ _STATE, _SEQ, _ENTERED = 0, 4, 8
 _TIME_IN = (16, 24, 32)
 _WAKEUPS, _STAMP, _LAST, _TOTAL, _MAX, _COUNT = 40, 48, 56, 64, 72, 80
 _SLICE = 0.1
+# The power domain each core's deep sleep stops (STM32H745/H747: the CM7 lives in D1, the CM4 in D2).
+CORE_DOMAINS = {"CM7": 1, "CM4": 2}
 
 
 class PowerState(IntEnum):
@@ -88,6 +98,7 @@ class CorePower:
         self._m = core.hardware.region.mapping
         self._base = base
         self._lock = threading.Lock()  # the core's task and its handler both change the state
+        self._domain_word = _domain_word(core)
 
     # ---- state ---------------------------------------------------------------------------------
 
@@ -112,6 +123,8 @@ class CorePower:
                 m.fetch_add_u64(b + _TIME_IN[old], now - entered)
             m.store_u64(b + _ENTERED, now)
             m.store_u32(b + _STATE, int(new))
+            if self._domain_word is not None:
+                m.store_u32(self._domain_word, 1 if new is PowerState.STOP else 0)
 
     def enter(self, state: PowerState) -> None:
         """Record that this core is now in `state` (the time in the previous one is added up)."""
@@ -207,6 +220,24 @@ class CorePower:
 
     def __repr__(self) -> str:
         return f"<CorePower {self.core.name} {self.state.name}>"
+
+
+def _domain_word(core: Core) -> int | None:
+    """The offset of the power word of `core`'s domain in its region's chip record (None: no chip memory)."""
+    domain = CORE_DOMAINS.get(core.name.upper())
+    if domain is None:
+        return None
+    region = core.hardware.region
+    try:
+        entry = region.lookup(L.CHIP_RECORD_NAME, L.KIND_CHIP_MEMORY)
+    except LookupError:
+        return None
+    if entry.size < L.CHIP_OFF_DOMAIN_POWER + 16:
+        raise CorruptRegion(
+            f"chip memory record of region {region.name!r} has {entry.size} bytes: too small for its header",
+            object=L.CHIP_RECORD_NAME, field="size", value=entry.size,
+        )
+    return entry.offset + L.CHIP_OFF_DOMAIN_POWER + 4 * domain
 
 
 def _power_base(core: Core) -> int:
