@@ -44,6 +44,7 @@ _DEMOS: dict[str, tuple[str, str, str]] = {
     "bridge": ("ampipc.demos.bridge", "run", "a CM4's frames reach another host's region through two Zenoh bridges"),
     "service": ("ampipc.demos.service", "run", "a remote service: the CM4's file system and serial port called from CM7 tasks and a process"),
     "cm-ipc": ("ampipc.compat.examples.cm_ipc_sample", "run", "ST's cm_ipc sample, ported with the firmware names"),
+    "cache": ("ampipc.demos.cache", "run", "the CM7's D-cache hides a message; the MPU and clean/invalidate fix it"),
     "payload": ("ampipc.demos.payload", "run", "CM4 DMAs 1 MiB frames into pool slots; CM7 processes them zero-copy"),
 }
 
@@ -156,6 +157,22 @@ def _cmd_layout(args: argparse.Namespace) -> int:
     with Region.attach(args.region, observe=True) as region:  # an observer: not a peer of anything
         print(f"region {region.name!r}: {region.size} bytes, {region.free_bytes} free, creator pid {region.creator_pid}"
               f" ({'alive' if region.creator_alive else 'dead'})")
+        if region.placement is not None:  # a chip region: its objects by chip address, as a linker map
+            from .tools.snapshot import chip_view
+            from .tools.top import memory_map_lines
+
+            view = chip_view(region)
+            assert view is not None
+            fills = {}
+            for entry in region.objects():
+                fill = _fill_of(region, entry.kind, entry.name)
+                if fill is not None:
+                    fills[entry.name] = f"{fill[0]}/{fill[1]} B ({100 * fill[0] // max(fill[1], 1)}%)"
+            for line in memory_map_lines(view, fills):
+                print(line)
+            for proc in region.processes():
+                print(f"process {proc.pid} ({'alive' if proc.alive else 'dead'})")
+            return 0
         print(f"{'offset':>10}  {'size':>10}  {'kind':<16}  {'fill':<22}  name")
         for entry in region.objects():
             fill = _fill_of(region, entry.kind, entry.name)

@@ -25,6 +25,15 @@ Trust: a segment is attached only if it belongs to the current user (or to a uid
 ``trusted_uids``); another user's segment under the expected name may be planted, so it is refused
 with `ForeignRegion`. Creating never reuses an existing segment (``O_EXCL``).
 
+Chip regions (opt-in): ``create(..., chip=, memory=)`` places the region in one memory of a dual-core
+part (`ampipc.hw.memory`): region byte 0 is at the memory's base address. The creator writes the
+chip memory record as the first object *before* the region's magic, so an attacher sees a chip
+region completely or not at all. Its objects start at the first 64-byte boundary after the process
+table rather than the next page (nothing depends on page alignment: the directory checks 64-byte
+alignment only), so a region fits the 4 KiB backup SRAM with small capacities. ``core=`` names the
+core the handle acts as: a core that cannot reach the memory is refused with `MemoryUnreachable`
+before it takes a process slot. hw.memory is imported only for chip regions.
+
 Version-independent header words: bytes 0-31 (magic, version, size, creator pid, creator start)
 keep their meaning in every layout version, so a stale region of another version is recognised.
 """
@@ -39,7 +48,7 @@ import time
 import weakref
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _layout as L
 from . import _native
@@ -56,6 +65,9 @@ from .errors import (
     Timeout,
 )
 from .liveness import current_token, is_alive
+
+if TYPE_CHECKING:
+    from .hw.memory import ChipPlacement
 
 __all__ = ["Region", "ObjectEntry", "ProcessEntry", "validate_name", "check_segment_owner"]
 
@@ -174,6 +186,8 @@ class Region:
         self._view: memoryview | None = memoryview(self.mapping)
         self._closed = False
         self._objects: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._placement: ChipPlacement | None = None  # set by create/attach for a chip region
+        self._core: str | None = None
         self._life = _Lifetime(name, self.mapping, creator)
         # Runs once: at close(), when the object is collected, or at interpreter exit.
         self._finalizer = weakref.finalize(self, self._life.release)
@@ -194,6 +208,10 @@ class Region:
         replace_stale: bool = False,
         directory_capacity: int = L.DEFAULT_DIR_CAPACITY,
         process_capacity: int = L.DEFAULT_PROC_CAPACITY,
+        chip: str | None = None,
+        memory: str | None = None,
+        core: str | None = None,
+        cache_model: bool = False,
     ) -> Region:
         """Create a region of `size` bytes (header included). Raises `RegionExists` if the name is taken.
 
@@ -201,15 +219,36 @@ class Region:
         unlinked and created anew, whatever its layout version (its creator is dead: the segment is
         garbage). A segment of another user under that name raises `ForeignRegion`; an existing
         segment is never reused.
+
+        Chip regions (`ampipc.hw.memory`): ``memory`` (e.g. ``"SRAM4"``) of ``chip`` (default
+        ``"stm32h745"``) places the region there; `size` is at most the memory's size. ``core``
+        (e.g. ``"CM7"``) is the core this process acts as: refused with `MemoryUnreachable` if it
+        cannot reach the memory. ``cache_model=True`` turns the CM7's D-cache model on for the
+        region (`ampipc.hw.cache`). Wrong chip, memory or core names raise `ValueError`.
         """
         validate_name(name)
         if directory_capacity < 1 or process_capacity < 1:
             raise ValueError("directory_capacity and process_capacity must be at least 1")
+        plan = None
+        if chip is not None or memory is not None or core is not None or cache_model:
+            from .hw import memory as chip_memory  # only chip regions load the chip table
+
+            plan = chip_memory._plan(chip, memory, core, cache_model, size)
         dir_offset = L.REGION_HEADER_SIZE
         proc_offset = dir_offset + directory_capacity * L.DIR_ENTRY_SIZE
-        objects_offset = L.align_up(proc_offset + process_capacity * L.PROC_SLOT_SIZE, 4096)
-        if size < objects_offset + L.OBJECT_ALIGN or size > 1 << 40:
-            raise ValueError(f"size must be between {objects_offset + L.OBJECT_ALIGN} bytes and 1 TiB, not {size}")
+        # a plain region keeps its objects page aligned as it always did; a chip memory may be
+        # as small as 4 KiB, and nothing needs more than the directory's 64-byte alignment
+        objects_offset = L.align_up(proc_offset + process_capacity * L.PROC_SLOT_SIZE,
+                                    4096 if plan is None else L.OBJECT_ALIGN)
+        smallest = objects_offset + L.OBJECT_ALIGN
+        if plan is not None:
+            smallest += L.align_up(chip_memory.record_size_for(size))
+        if size < smallest or size > 1 << 40:
+            where = "" if plan is None else (
+                f" for a region in {plan.memory.name} with directory_capacity={directory_capacity} and "
+                f"process_capacity={process_capacity} (its chip memory record included)"
+            )
+            raise ValueError(f"size must be between {smallest} bytes and 1 TiB{where}, not {size}")
         try:
             fd = _open_segment(name, os.O_RDWR | os.O_CREAT | os.O_EXCL, mode)
         except FileExistsError:
@@ -244,17 +283,35 @@ class Region:
         m.store_u32(L.OFF_DIR_OFFSET, dir_offset)
         m.store_u32(L.OFF_PROC_OFFSET, proc_offset)
         m.store_u32(L.OFF_OBJECTS_OFFSET, objects_offset)
-        m.store_u32(L.OFF_MAGIC, L.REGION_MAGIC)  # last: the header is complete
-        region._register()
+        if plan is None:
+            m.store_u32(L.OFF_MAGIC, L.REGION_MAGIC)  # last: the header is complete
+            region._register()
+            return region
+        try:
+            chip_memory._write_record(region, plan)  # before the magic: attachers see it or no region
+            region._placement = chip_memory.placement_of(region)  # read back: the writer agrees with the reader
+            m.store_u32(L.OFF_MAGIC, L.REGION_MAGIC)
+            region._register()
+            region._enter_chip(plan.core)
+        except BaseException:
+            region.close()
+            raise
         return region
 
     @classmethod
-    def attach(cls, name: str, *, observe: bool = False, trusted_uids: Collection[int] = ()) -> Region:
+    def attach(
+        cls, name: str, *, observe: bool = False, trusted_uids: Collection[int] = (), core: str | None = None
+    ) -> Region:
         """Attach to an existing region. Raises `RegionNotFound`, `IncompatibleRegion` or `ForeignRegion`.
 
         ``observe=True`` attaches without registering in the process table (for tools that watch a
         running system: they never count as a peer that may take a role). ``trusted_uids``: other
         users whose segments may be attached (by default only the current user's are).
+
+        ``core`` (a chip region only): the core this process acts as. One that reaches the region's
+        memory only through the MDMA, or not at all, is refused with `MemoryUnreachable` (nothing
+        is left taken); an unknown core name, or a core for a plain region, raises `ValueError`.
+        A chip region's record is checked field by field (`CorruptRegion`).
         """
         validate_name(name)
         try:
@@ -294,8 +351,19 @@ class Region:
         region = cls(name, fd, size, creator=False)
         try:
             region._check_header()
+            if region._has_chip_record():
+                from .hw import memory as chip_memory  # only chip regions load the chip table
+
+                placement = chip_memory.placement_of(region)
+                region._placement = placement
+                if placement is not None and core is not None:
+                    core = placement.chip_info.core(core)
+                    chip_memory.check_access(placement.chip, placement.memory, core)
+            elif core is not None:
+                raise ValueError(f"region {name!r} is not placed in a chip memory: core={core!r} needs a chip region")
             if not observe:
                 region._register()
+            region._enter_chip(core)
         except BaseException:
             region.close()
             raise
@@ -333,6 +401,61 @@ class Region:
             return not any(p.alive for p in region.processes() if (p.pid, p.start_time) != me)
         finally:
             region.close()
+
+    # ---- chip placement (ampipc.hw.memory) ----------------------------------------------------
+
+    def _has_chip_record(self) -> bool:
+        """True if the directory names a chip memory record (read without loading hw.memory, and
+        without checking the entries' offsets: a plain region attaches as it always did)."""
+        dir_off, dir_cap, _, _, _ = self._geometry()
+        count = min(self.mapping.load_u32(L.OFF_DIR_COUNT), dir_cap)
+        name, kind = L.CHIP_RECORD_NAME.encode().ljust(L.NAME_BYTES, b"\0"), L.KIND_CHIP_MEMORY.encode()
+        assert self._view is not None
+        view = self._view
+        for i in range(count):
+            at = dir_off + i * L.DIR_ENTRY_SIZE
+            kind_at = at + L.NAME_BYTES
+            if view[at: kind_at] == name or view[kind_at: kind_at + len(kind) + 1] == kind + b"\0":
+                return True
+        return False
+
+    def _enter_chip(self, core: str | None) -> None:
+        """Act as `core` in a chip region: refuse buffer operations while the memory's domain
+        sleeps (D1, D2; D3 stays powered) and access the region through the core's memory model."""
+        placement = self._placement
+        if placement is None:
+            return
+        if placement.domain in (1, 2):
+            self.mapping.set_power_word(placement.record_offset + L.CHIP_OFF_DOMAIN_POWER + 4 * placement.domain,
+                                        placement.domain_name, placement.memory)
+        if core is not None:
+            from .hw.cache import attach_model
+
+            attach_model(self, core)
+            self._core = core
+
+    @property
+    def placement(self) -> ChipPlacement | None:
+        """Where the region lies on the chip (None for a plain region)."""
+        return self._placement
+
+    @property
+    def core(self) -> str | None:
+        """The core this handle acts as (``"CM7"``, ``"CM4"``), None if none was given."""
+        return self._core
+
+    def chip_address(self, offset: int) -> int:
+        """The chip address of region byte `offset` (base address + offset).
+
+        Raises `ValueError` for an offset outside the region, or for a region not placed in a chip memory.
+        """
+        placement = self._placement
+        if placement is None:
+            raise ValueError(f"region {self.name!r} is not placed in a chip memory (create it with chip= and memory=)"
+                             ": it has no chip addresses")
+        if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset < self.size:
+            raise ValueError(f"offset {offset!r} is outside region {self.name!r} (0 to {self.size - 1})")
+        return placement.base_address + offset
 
     # ---- header checks ------------------------------------------------------------------------
 

@@ -4,9 +4,12 @@ Cores and their interrupt lines (with a dispatcher thread per core and process t
 in ISR context), the 32 hardware semaphores (HSEM), EXTI software interrupts and SEV/WFE events,
 and the boot synchronisation of the CubeH7 dual-core template (`ampipc.hw.boot`). Every register
 lives in one object of the region, so any process acting as any core sees the same hardware.
+The chip's memory map and regions placed in one of its memories are in `ampipc.hw.memory`.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from .boot import BOOT_SEMAPHORE, boot_ready, cm4_wait_for_boot, cm7_release_boot
 from .hardware import (
@@ -26,8 +29,43 @@ from .hardware import (
 )
 from .hsem import FreeCallback, Hsem
 
+if TYPE_CHECKING:
+    from .memory import (
+        Access,
+        ChipInfo,
+        ChipPlacement,
+        Domain,
+        MemoryInfo,
+        check_access,
+        chip_info,
+        known_chips,
+        memory_info,
+        placement_of,
+        register_chip,
+    )
+
+# The memory map is loaded on first use: a program without chip regions never pays for it.
+_MEMORY_NAMES = frozenset({
+    "Access", "ChipInfo", "ChipPlacement", "Domain", "MemoryInfo", "check_access", "chip_info", "known_chips",
+    "memory_info", "placement_of", "register_chip",
+})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MEMORY_NAMES:
+        from . import memory
+
+        return getattr(memory, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
+    "Access",
     "BOOT_SEMAPHORE",
+    "ChipInfo",
+    "ChipPlacement",
+    "Domain",
+    "MemoryInfo",
     "DEFAULT_CORES",
     "HSEM_COUNT",
     "IRQ_EXTI0",
@@ -45,5 +83,11 @@ __all__ = [
     "InterruptHandler",
     "boot_ready",
     "cm4_wait_for_boot",
+    "check_access",
+    "chip_info",
     "cm7_release_boot",
+    "known_chips",
+    "memory_info",
+    "placement_of",
+    "register_chip",
 ]

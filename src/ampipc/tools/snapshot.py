@@ -18,6 +18,10 @@ Values change while they are read (the writers keep running), so one snapshot ma
 every value comes from an atomic load and stays within its own bounds. `rates(before, after)`
 turns two snapshots into per-buffer messages/s and bytes/s.
 
+A region placed in a chip memory (`ampipc.hw.memory`) also gets a `ChipView` (`chip_view`): the
+chip, memory and power domain, and the chip address range of the region's own header and of every
+object, as a linker map gives them; a plain region has none (and its JSON no ``chip`` key).
+
 `snapshot_to_json` gives the machine-readable form (plain dicts and lists) of ``top --json``.
 """
 
@@ -38,6 +42,8 @@ __all__ = [
     "BufferRate",
     "BufferView",
     "ChannelView",
+    "ChipObjectView",
+    "ChipView",
     "CoreView",
     "GenericView",
     "Peer",
@@ -47,6 +53,7 @@ __all__ = [
     "RpmsgView",
     "SemaphoreView",
     "BridgeView",
+    "chip_view",
     "rates",
     "snapshot_to_json",
     "take_snapshot",
@@ -152,6 +159,36 @@ class GenericView:
 
 
 @dataclass(frozen=True)
+class ChipObjectView:
+    """One range of a chip region in chip addresses: ``end`` is the last byte (as a linker map shows it)."""
+
+    name: str
+    kind: str
+    start: int
+    end: int
+    size: int
+
+
+@dataclass(frozen=True)
+class ChipView:
+    """Where a chip region lies and what sits at which chip address (the build analyzer's view)."""
+
+    chip: str
+    memory: str
+    domain: int
+    domain_name: str
+    stays_powered: bool  # a D3 memory: it keeps its contents and stays reachable while D1/D2 sleep
+    memory_base: int
+    memory_size: int
+    base_address: int  # region byte 0
+    end_address: int  # the region's last byte
+    cache_model: bool
+    header: ChipObjectView  # the region header, directory and process table
+    objects: tuple[ChipObjectView, ...]
+    free: ChipObjectView | None  # the unallocated tail, None when the region is full
+
+
+@dataclass(frozen=True)
 class RegionSnapshot:
     name: str
     size: int
@@ -168,6 +205,7 @@ class RegionSnapshot:
     pools: tuple[PoolView, ...]
     bridges: tuple[BridgeView, ...]
     others: tuple[GenericView, ...]
+    chip: ChipView | None = None
 
 
 @dataclass(frozen=True)
@@ -340,6 +378,29 @@ def _bridges(region: Region) -> list[BridgeView] | None:
     ]
 
 
+def chip_view(region: Region) -> ChipView | None:
+    """The chip address map of `region` (None for a region not placed in a chip memory)."""
+    placement = region.placement
+    if placement is None:
+        return None
+    info = placement.memory_info
+    base = placement.base_address
+    objects_offset = region.mapping.load_u32(L.OFF_OBJECTS_OFFSET)
+    cursor = region.size - region.free_bytes
+    objects = tuple(ChipObjectView(e.name, e.kind, base + e.offset, base + e.offset + e.size - 1, e.size)
+                    for e in region.objects())
+    free = None
+    if cursor < region.size:
+        free = ChipObjectView("(free)", "", base + cursor, base + region.size - 1, region.size - cursor)
+    return ChipView(
+        chip=placement.chip, memory=placement.memory, domain=int(placement.domain), domain_name=placement.domain_name,
+        stays_powered=info.stays_powered, memory_base=info.base, memory_size=info.size, base_address=base,
+        end_address=base + region.size - 1, cache_model=placement.cache_model,
+        header=ChipObjectView("(region header)", "", base, base + objects_offset - 1, objects_offset),
+        objects=objects, free=free,
+    )
+
+
 def take_snapshot(region: Region, *, observer: int | None = None) -> RegionSnapshot:
     """Everything `region` says about itself, read once (see the module docstring).
 
@@ -355,9 +416,12 @@ def take_snapshot(region: Region, *, observer: int | None = None) -> RegionSnaps
     others: list[GenericView] = []
     entries = region.objects()
     bridges = _bridges(region)
+    chip = chip_view(region)
     for entry in entries:
         shown = False
-        if entry.kind in (L.KIND_MESSAGE_BUFFER, L.KIND_STREAM_BUFFER):
+        if entry.kind == L.KIND_CHIP_MEMORY and chip is not None:
+            shown = True  # the memory map shows it
+        elif entry.kind in (L.KIND_MESSAGE_BUFFER, L.KIND_STREAM_BUFFER):
             view = _buffer(region, entry)
             if view is not None:
                 buffers.append(view)
@@ -390,7 +454,7 @@ def take_snapshot(region: Region, *, observer: int | None = None) -> RegionSnaps
         creator_alive=region.creator_alive, taken_at=time.monotonic(),
         processes=tuple(ProcessView(p.pid, p.alive) for p in region.processes() if p.pid != observer),
         buffers=tuple(buffers), channels=tuple(channels), cores=tuple(cores), semaphores=tuple(semaphores),
-        rpmsg=tuple(links), pools=tuple(pools), bridges=tuple(bridges or ()), others=tuple(others),
+        rpmsg=tuple(links), pools=tuple(pools), bridges=tuple(bridges or ()), others=tuple(others), chip=chip,
     )
 
 
@@ -416,6 +480,8 @@ def rates(before: RegionSnapshot, after: RegionSnapshot) -> dict[str, BufferRate
 def snapshot_to_json(snapshot: RegionSnapshot, buffer_rates: dict[str, BufferRate] | None = None) -> dict[str, Any]:
     """The snapshot as plain data (``top --json``); rates included when given."""
     data = dataclasses.asdict(snapshot)
+    if data["chip"] is None:
+        del data["chip"]  # a plain region's JSON is what it always was
     if buffer_rates is not None:
         for item in data["buffers"]:
             rate = buffer_rates.get(item["name"])

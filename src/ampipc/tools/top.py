@@ -8,6 +8,11 @@ tree; `rates` derives messages/s and bytes/s from two of them; `render_text` tur
 ``--interval`` seconds and fills its tables from it. Keys: ``s`` cycles the buffer sort (name,
 fill, messages/s, bytes/s, waits), ``p`` pauses and resumes, ``q`` quits.
 
+A region placed in a chip memory also shows its memory map (`memory_map_lines`): the chip, memory
+and domain, then one line per range in chip addresses, as a linker map or CubeIDE's build analyzer
+lists them (``0x38000400 - 0x380004ff  tx  message_buffer  256 B``); ``ampipc layout`` prints the
+same lines. A plain region's output is unchanged.
+
 The live view needs the optional ``textual`` package (``pip install 'ampipc[top]'``); ``--once``
 and ``--json`` need only the standard library.
 """
@@ -22,12 +27,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..region import Region
-from .snapshot import BufferRate, BufferView, RegionSnapshot, rates, snapshot_to_json, take_snapshot
+from .snapshot import BufferRate, BufferView, ChipView, RegionSnapshot, rates, snapshot_to_json, take_snapshot
 
 if TYPE_CHECKING:
     from textual.app import App
 
-__all__ = ["SORT_KEYS", "add_parser", "fill_bar", "make_app", "render_text", "sorted_buffers"]
+__all__ = ["SORT_KEYS", "add_parser", "fill_bar", "make_app", "memory_map_lines", "render_text", "sorted_buffers"]
 
 SORT_KEYS = ("name", "fill", "msgs/s", "bytes/s", "waits")
 _MIN_INTERVAL = 0.05
@@ -90,6 +95,24 @@ BUFFER_HEADER = ["buffer", "kind", "used/cap", "fill", "msgs/s", "bytes/s", "sen
                  "waits s/r", "wake-ups r/w", "peak", "writer", "reader"]
 
 
+def memory_map_lines(chip: ChipView, notes: dict[str, str] | None = None) -> list[str]:
+    """The memory map of a chip region: a title line, then ``start - end  name  kind  size [note]``
+    per range (header, objects, free tail), in chip addresses. `notes`: an extra column by object name."""
+    power = "stays powered when D1/D2 sleep" if chip.stays_powered else "powered down when it sleeps"
+    lines = [
+        f"memory map: {chip.chip} {chip.memory} (domain {chip.domain_name}, {power}), "
+        f"D-cache model {'on' if chip.cache_model else 'off'}",
+        f"  {chip.memory} {chip.memory_base:#010x} - {chip.memory_base + chip.memory_size - 1:#010x} "
+        f"({chip.memory_size} B); region {chip.base_address:#010x} - {chip.end_address:#010x} "
+        f"({chip.end_address - chip.base_address + 1} B)",
+    ]
+    ranges = [chip.header, *chip.objects] + ([chip.free] if chip.free is not None else [])
+    rows = [[f"{r.start:#010x} - {r.end:#010x}", r.name, r.kind, f"{r.size} B", (notes or {}).get(r.name, "")]
+            for r in ranges]
+    lines += ["  " + line for line in _table(["address range", "name", "kind", "size", ""], rows)]
+    return lines
+
+
 def render_text(snap: RegionSnapshot, buffer_rates: dict[str, BufferRate] | None = None, sort: str = "name") -> str:
     """The plain text of one snapshot (``top --once``)."""
     lines = [
@@ -97,8 +120,10 @@ def render_text(snap: RegionSnapshot, buffer_rates: dict[str, BufferRate] | None
         f"({'alive' if snap.creator_alive else 'dead'}); processes: "
         + (", ".join(f"{p.pid}{'' if p.alive else ' (dead)'}" for p in snap.processes) or "none"),
         "",
-        f"buffers ({len(snap.buffers)})",
     ]
+    if snap.chip is not None:
+        lines += [*memory_map_lines(snap.chip), ""]
+    lines.append(f"buffers ({len(snap.buffers)})")
     lines += ["  " + line for line in _table(BUFFER_HEADER, buffer_rows(snap, buffer_rates, sort))]
     if snap.channels:
         lines += ["", f"channels ({len(snap.channels)})"]
@@ -176,6 +201,7 @@ def make_app(region: Region, interval: float, sort: str = "name", *, observer: i
             yield Header()
             with VerticalScroll():
                 yield Static(id="summary")
+                yield Static(id="chip")
                 yield Static("buffers", classes="section")
                 yield DataTable(id="buffers", zebra_stripes=True)
                 yield Static("channels", classes="section")
@@ -211,6 +237,7 @@ def make_app(region: Region, interval: float, sort: str = "name", *, observer: i
             state = "PAUSED" if self.paused else f"every {self.interval:g} s"
             self.sub_title = f"{snap.name} - sort: {self.sort} - {state}"
             self.query_one("#summary", Static).update(render_text(snap).split("\n", 1)[0])
+            self.query_one("#chip", Static).update("\n".join(memory_map_lines(snap.chip)) if snap.chip else "")
             table = self.query_one("#buffers", DataTable)
             table.clear()
             for row in buffer_rows(snap, self.buffer_rates, self.sort):
