@@ -221,3 +221,25 @@ def test_the_cache_demo_catches_the_bug_and_passes_both_fixes() -> None:
                      out, re.M), out
     assert re.search(r"^run 3 \(clean/invalidate\): 8/8 replies, 0 coherency reports.*: clean$", out, re.M), out
     assert "m7_to_m4.head at 0x38" in out  # where the checker caught it
+
+
+def test_a_dma_read_of_bytes_the_cm7_holds_dirty_is_reported_and_copies_memory(chip_region: Region) -> None:
+    from ampipc.hw.dma import DmaController, RegionAddress
+
+    hw = Hardware.create(chip_region)
+    dma = DmaController.create(chip_region, hw)
+    try:
+        source = chip_region.allocate("frame", "test_frame", 64)
+        chip_region.view[source:source + 64] = b"m" * 64  # what memory holds
+        chip_region.mapping.model_write(source, b"c" * 64)  # the CM7's newer frame, in its cache only
+        out = bytearray(64)
+        dma.channel(0).copy(RegionAddress(source), out, 64, timeout=GENEROUS)
+        assert bytes(out) == b"m" * 64  # the DMA copied memory, not the cache
+        found = reports(chip_region)
+        assert {(r.kind, r.core, r.object) for r in found} == {(ReportKind.DIRTY_READ, "DMA", "frame")}
+        clear_reports(chip_region)
+        DCache(chip_region).clean_by_addr(SRAM4 + source, 64)
+        dma.channel(0).copy(RegionAddress(source), out, 64, timeout=GENEROUS)
+        assert bytes(out) == b"c" * 64 and reports(chip_region) == []
+    finally:
+        dma.close()

@@ -223,6 +223,11 @@ class DmaChannel:
             length = -1
         elif type(length) is not int or length < 0:
             raise ValueError(f"length must be a non-negative int, not {length!r}")
+        mapping = self.controller.region.mapping
+        if mapping.model_core is not None and src is None and 0 <= length and src_off + length <= mapping.size:
+            # a chip region's memory model: the DMA reads memory, not the CM7's cache; bytes the
+            # CM7 still holds dirty there are what the coherency checker reports
+            mapping.model_observe(src_off, length, L.MODEL_CORE_DMA)
         try:
             native = engine.submit(self.number, self.priority, src, src_off, dst, dst_off, length)
         except BufferError as exc:  # a read-only destination
