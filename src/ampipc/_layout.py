@@ -152,7 +152,7 @@ def align_up(value: int, alignment: int = OBJECT_ALIGN) -> int:
 #     128 u32  report lock      0 free, else the pid of the process adding a report
 #     132 u32  report capacity  entries below
 #     136 u32  reports used     distinct reports recorded (entries in use)
-#     140 u32  reports dropped  distinct reports that found no free entry
+#     140 u32  reports dropped  occurrences that found neither their entry nor a free one
 #     144 u64  reports total    every occurrence, recorded or not
 #     152 u64  reserved
 #     160 entries[capacity], 32 bytes each: u32 kind (REPORT_*), u32 core (MODEL_CORE_*),

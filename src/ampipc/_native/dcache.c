@@ -304,6 +304,7 @@ static void model_write(memmodel *md, uint32_t off, const unsigned char *src, ui
 /* SCB_*DCache_by_Addr over region offsets [off, off + n) (every line the range touches), or the
  * whole cache (n < 0: SCB_CleanDCache and friends, every line of every region). */
 static void model_maintain(memmodel *md, int op, uint32_t off, int64_t n) {
+    if (n == 0) return; /* CMSIS: a by-address operation of no bytes does nothing */
     pthread_mutex_lock(&dcache.lock);
     size_t total = (size_t)dcache.sets * dcache.ways;
     for (size_t i = 0; i < total; i++) {
