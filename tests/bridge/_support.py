@@ -49,9 +49,18 @@ def check_message(data: bytes, expected_seq: int | None = None, size: int | None
     return int(seq)
 
 
-def send_all(buffer: MessageBuffer, count: int, size: int | None = None) -> None:
-    """Send messages 0..count-1; a send refused because the bridge died is retried (it sent nothing)."""
+def send_all(
+    buffer: MessageBuffer, count: int, size: int | None = None, *, pause_at: int | None = None,
+    resume: threading.Event | None = None,
+) -> None:
+    """Send messages 0..count-1; a send refused because the bridge died is retried (it sent nothing).
+
+    With `pause_at` and `resume`: stop before message `pause_at` until `resume` is set (so a test
+    can act in the middle of the stream however fast the machine is).
+    """
     for seq in range(count):
+        if seq == pause_at and resume is not None:
+            resume.wait(GENEROUS)
         message = make_message(seq, size)
         deadline = time.monotonic() + GENEROUS
         while True:

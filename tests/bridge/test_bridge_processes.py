@@ -138,10 +138,13 @@ def test_bridge_killed_and_restarted(spawn: Any, make_region: Any, unique_name: 
     go.set()
     args = ("--export", f"to_b={key}", "--connect", endpoint)
     first = _bridge_cli(spawn, region, *args)
-    producer = threading.Thread(target=S.send_all, args=(to_b, count), daemon=True)
+    killed = threading.Event()  # the producer holds the rest of the stream until the bridge is killed
+    producer = threading.Thread(target=S.send_all, args=(to_b, count), kwargs={"pause_at": 2_000, "resume": killed},
+                                daemon=True)
     producer.start()
     _wait(lambda: progress.value >= 1_000, "host B to receive the first messages")
     os.kill(first.pid, signal.SIGKILL)
+    killed.set()
     assert spawn.join(first) == -signal.SIGKILL
     received_at_kill = progress.value
     assert received_at_kill < count
