@@ -28,6 +28,7 @@ from .hardware import (
     InterruptHandler,
 )
 from .hsem import FreeCallback, Hsem
+from .structs import Layout, LayoutDifference, StructDescription, attach_struct, compare_layouts, place_struct
 
 if TYPE_CHECKING:
     from .memory import (
@@ -90,4 +91,10 @@ __all__ = [
     "memory_info",
     "placement_of",
     "register_chip",
+    "Layout",
+    "LayoutDifference",
+    "StructDescription",
+    "attach_struct",
+    "compare_layouts",
+    "place_struct",
 ]
