@@ -216,10 +216,11 @@ def test_the_cache_demo_catches_the_bug_and_passes_both_fixes() -> None:
                           timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
-    assert re.search(r"^run 1 \(no maintenance\): 0/8 replies, [1-9]\d* coherency reports.*: caught$", out, re.M), out
-    assert re.search(r"^run 2 \(MPU non-cacheable\): 8/8 replies, 0 coherency reports, CM7 cache 0 hits / 0 misses: clean$",
-                     out, re.M), out
-    assert re.search(r"^run 3 \(clean/invalidate\): 8/8 replies, 0 coherency reports.*: clean$", out, re.M), out
+    assert re.search(r"^  run 1 \(no maintenance\)\s+0/8 replies, [1-9]\d* coherency reports.*: caught$", out, re.M), out
+    assert re.search(r"^  run 2 \(MPU non-cacheable\)\s+8/8 replies, 0 coherency reports, CM7 cache 0 hits / 0 misses: "
+                     r"clean$", out, re.M), out
+    assert re.search(r"^  run 3 \(clean/invalidate\)\s+8/8 replies, 0 coherency reports.*: clean$", out, re.M), out
+    assert re.search(r"^  result\s+OK$", out, re.M), out
     assert "m7_to_m4.head at 0x38" in out  # where the checker caught it
 
 

@@ -26,7 +26,7 @@ from ..buffers import MessageBuffer
 from ..hw import Hardware
 from ..hw.cache import DCache, Mpu, reports
 from ..region import Region
-from ._common import Timeline, region_name
+from ._common import Timeline, print_summary, region_name
 
 __all__ = ["run"]
 
@@ -130,6 +130,7 @@ def run(*, quiet: bool = False) -> int:
     origin = time.monotonic()
     say = Timeline("CM7", origin, quiet)
     ok = True
+    rows: dict[str, object] = {}
     for mode, title in enumerate(RUNS):
         say(f"run {mode + 1}: {title}")
         result = _one_run(mode, say)
@@ -140,9 +141,12 @@ def run(*, quiet: bool = False) -> int:
         hits, misses = result["traffic"]
         verdict = ("caught" if caught else "NOT caught") if mode == 0 else (
             "clean" if not caught and complete else "FAILED")
-        print(f"run {mode + 1} ({title}): {result['replies']}/{MESSAGES} replies, "
-              f"{len(result['reports'])} coherency reports, CM7 cache {hits} hits / {misses} misses: {verdict}")
+        rows[f"run {mode + 1} ({title})"] = (
+            f"{result['replies']}/{MESSAGES} replies, {len(result['reports'])} coherency reports, "
+            f"CM7 cache {hits} hits / {misses} misses: {verdict}"
+        )
+        if mode == 0 and caught:
+            rows["caught at"] = str(result["reports"][0])
         ok = ok and (caught if mode == 0 else (not caught and complete))
-    print("cache demo: " + ("the stale data was caught; the MPU and the cache maintenance runs were clean"
-                            if ok else "FAILED"))
+    print_summary("cache", rows, ok, quiet=quiet)
     return 0 if ok else 1
