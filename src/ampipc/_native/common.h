@@ -54,6 +54,20 @@ static long sys_futex(void *addr, int op, uint32_t val, const struct timespec *t
     return syscall(SYS_futex, addr, op, val, ts, NULL, 0);
 }
 
+/* Raise cls(msg, **kw): ampipc.errors's classes take their details as keywords. Steals both
+ * references; either may be NULL after a failed build, and then that error stands. */
+static void raise_with_details(PyObject *cls, PyObject *msg, PyObject *kw) {
+    PyObject *args = msg != NULL ? PyTuple_Pack(1, msg) : NULL;
+    Py_XDECREF(msg);
+    PyObject *exc = args != NULL && kw != NULL ? PyObject_Call(cls, args, kw) : NULL;
+    Py_XDECREF(args);
+    Py_XDECREF(kw);
+    if (exc != NULL) {
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
+    }
+}
+
 /* Parse a timeout argument: None -> -1 (forever); a number >= 0 -> nanoseconds. */
 static int parse_timeout(PyObject *obj, int64_t *out_ns) {
     if (obj == NULL || obj == Py_None) {

@@ -121,17 +121,7 @@ static int mapping_check_powered(MappingObject *m, PyObject *what) {
         "%R lies in %U, in power domain %U, which is in a low-power mode: its SRAMs cannot be reached until a "
         "wake-up (HSEM, EXTI or SEV) brings the domain back to RUN",
         what, memory, domain);
-    if (msg == NULL) return -1;
-    PyObject *args = PyTuple_Pack(1, msg);
-    Py_DECREF(msg);
-    PyObject *kw = args ? Py_BuildValue("{s:O,s:O}", "domain", domain, "memory", memory) : NULL;
-    PyObject *exc = kw ? PyObject_Call(ErrPoweredDown, args, kw) : NULL;
-    Py_XDECREF(args);
-    Py_XDECREF(kw);
-    if (exc != NULL) {
-        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
-        Py_DECREF(exc);
-    }
+    raise_with_details(ErrPoweredDown, msg, msg ? Py_BuildValue("{s:O,s:O}", "domain", domain, "memory", memory) : NULL);
     return -1;
 }
 

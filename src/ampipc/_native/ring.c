@@ -75,21 +75,8 @@ static inline void ring_data_st32(RingObject *r, Py_ssize_t off, uint32_t v) {
 
 static PyObject *raise_corrupt(RingObject *r, const char *field, long long value, const char *why) {
     PyObject *msg = PyUnicode_FromFormat("shared buffer %R is corrupt: %s = %lld %s", r->name, field, value, why);
-    if (msg == NULL) return NULL;
-    PyObject *args = PyTuple_Pack(1, msg);
-    Py_DECREF(msg);
-    if (args == NULL) return NULL;
-    PyObject *kw = Py_BuildValue("{s:O,s:s,s:L}", "object", r->name, "field", field, "value", value);
-    if (kw == NULL) {
-        Py_DECREF(args);
-        return NULL;
-    }
-    PyObject *exc = PyObject_Call(ErrCorrupt, args, kw);
-    Py_DECREF(args);
-    Py_DECREF(kw);
-    if (exc == NULL) return NULL;
-    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
-    Py_DECREF(exc);
+    raise_with_details(ErrCorrupt, msg,
+                       msg ? Py_BuildValue("{s:O,s:s,s:L}", "object", r->name, "field", field, "value", value) : NULL);
     return NULL;
 }
 
@@ -364,17 +351,7 @@ static int op_message_receive(RingObject *r, unsigned char *dst, Py_ssize_t dst_
         if ((Py_ssize_t)n > dst_cap) {
             PyObject *msg = PyUnicode_FromFormat(
                 "the next message is %u bytes but the buffer holds only %zd; it stays in place", n, dst_cap);
-            if (msg == NULL) return -1;
-            PyObject *args = PyTuple_Pack(1, msg);
-            Py_DECREF(msg);
-            PyObject *kw = args ? Py_BuildValue("{s:I}", "needed", n) : NULL;
-            PyObject *exc = kw ? PyObject_Call(ErrTooSmall, args, kw) : NULL;
-            Py_XDECREF(args);
-            Py_XDECREF(kw);
-            if (exc != NULL) {
-                PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
-                Py_DECREF(exc);
-            }
+            raise_with_details(ErrTooSmall, msg, msg ? Py_BuildValue("{s:I}", "needed", n) : NULL);
             return -1;
         }
         ring_copy_out(r, at, dst, n);
