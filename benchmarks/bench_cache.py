@@ -3,6 +3,8 @@
 Three cases, one run, two processes (this one the CM7, a spawned child the CM4), blocking calls:
 
 - ``plain``: an ordinary region: the fast path, which must not pay for the model;
+- ``nospin``: the same without the blocked side's spin (what every wait costs when the peer is
+  asleep: a futex wake-up);
 - ``chip``: the region placed in SRAM4 with both cores attached (power-domain checks, the CM4's
   reads checked against the CM7's dirty map), no cache model;
 - ``cache``: the same with the CM7's D-cache model on and the MPU making SRAM4 non-cacheable
@@ -10,7 +12,7 @@ Three cases, one run, two processes (this one the CM7, a spawned child the CM4),
   blocking benchmark needs the coherent configuration).
 
 Usage: ``python benchmarks/bench_cache.py [--messages N] [--cases plain,chip,cache]``. It prints the
-median round trip of each case and its ratio to ``plain``.
+median round trip of each case and its ratios to ``plain`` and ``nospin``.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ PAYLOAD = b"x" * 64
 
 
 def _region(case: str, name: str) -> Region:
-    if case == "plain":
+    if case in ("plain", "nospin"):
         return Region.create(name, SIZE)
     region = Region.create(name, SIZE, chip="stm32h745", memory="SRAM4", core="CM7", cache_model=case == "cache")
     if case == "cache":
@@ -41,10 +43,12 @@ def _region(case: str, name: str) -> Region:
 
 
 def _echo(name: str, case: str, messages: int) -> None:
-    region = Region.attach(name) if case == "plain" else Region.attach(name, core="CM4")
+    region = Region.attach(name) if case in ("plain", "nospin") else Region.attach(name, core="CM4")
     with region:
         rx = MessageBuffer.attach(region, "ping")
         tx = MessageBuffer.attach(region, "pong")
+        if case == "nospin":
+            rx.spin = tx.spin = 0.0
         for _ in range(messages):
             tx.send(rx.receive(timeout=60), timeout=60)
 
@@ -58,6 +62,8 @@ def measure(case: str, messages: int) -> float:
     try:
         ping = MessageBuffer.create(region, "ping", 1024)
         pong = MessageBuffer.create(region, "pong", 1024)
+        if case == "nospin":
+            ping.spin = pong.spin = 0.0
         child = ctx.Process(target=_echo, args=(name, case, messages), daemon=True)
         child.start()
         block = max(messages // 10, 1)
@@ -83,14 +89,15 @@ def measure(case: str, messages: int) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--messages", type=int, default=20000)
-    parser.add_argument("--cases", default="plain,chip,cache")
+    parser.add_argument("--cases", default="plain,nospin,chip,cache")
     args = parser.parse_args(argv)
     results: dict[str, Any] = {}
     for case in args.cases.split(","):
         results[case] = measure(case, args.messages)
-    base = results.get("plain")
+    base, slow = results.get("plain"), results.get("nospin")
     for case, rtt in results.items():
-        ratio = f"  {rtt / base:.2f}x plain" if base else ""
+        ratio = f"  {rtt / base:7.2f}x plain" if base else ""
+        ratio += f"  {rtt / slow:5.2f}x nospin" if slow else ""
         print(f"{case:6s} 64 B round trip {rtt * 1e6:8.2f} us{ratio}")
 
 

@@ -57,8 +57,7 @@ static int peer_may_run_elsewhere(RingObject *r, int role) {
  * doubles the interval to the next (SPIN_PROBE_FIRST .. SPIN_PROBE_LAST waits), so on a loaded
  * machine the probes cost next to nothing. */
 static long spin_decide(RingObject *r, int role) {
-    /* no spin on a modelled region: the model's accesses take a lock, and speed is not its point */
-    if (r->spin_ns <= 0 || r->mapping->model != NULL || !peer_may_run_elsewhere(r, role)) return 0;
+    if (r->spin_ns <= 0 || !peer_may_run_elsewhere(r, role)) return 0;
     if (r->spin_score >= 0) return r->spin_ns;
     unsigned every = r->spin_probe_every ? r->spin_probe_every : SPIN_PROBE_FIRST;
     if (++r->spin_probe >= every) {
