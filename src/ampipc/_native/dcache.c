@@ -358,6 +358,8 @@ static int model_range(MappingObject *m, Py_ssize_t off, Py_ssize_t n) {
     return 0;
 }
 
+static int model_idle(MappingObject *self);
+
 static PyObject *raise_record(const char *field, long long value, const char *why) {
     PyErr_Format(ErrCorrupt, "chip memory record is corrupt: %s = %lld %s", field, value, why);
     return NULL;
@@ -421,6 +423,7 @@ static PyObject *mapping_model_attach(MappingObject *self, PyObject *args) {
         }
         pthread_mutex_unlock(&dcache.lock);
     }
+    if (model_idle(self) < 0) return NULL;
     memmodel *md = PyMem_RawCalloc(1, sizeof(memmodel));
     if (md == NULL) return PyErr_NoMemory();
     md->core = core;
@@ -437,7 +440,14 @@ static PyObject *mapping_model_attach(MappingObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static int model_idle(MappingObject *self) {
+    if (self->busy == 0) return 0;
+    PyErr_SetString(PyExc_RuntimeError, "a wait is in flight on this region: the memory model cannot change under it");
+    return -1;
+}
+
 static PyObject *mapping_model_detach(MappingObject *self, PyObject *unused) {
+    if (model_idle(self) < 0) return NULL;
     model_free(self);
     Py_RETURN_NONE;
 }

@@ -643,6 +643,7 @@ static int isr_control(TaskIsrObject *isr, RingObject *self, int self_role) {
     for (Py_ssize_t i = 0; i < isr->ndirections; i++) {
         isr_direction *d = &isr->directions[i];
         RingObject *cb = d->control;
+        cb->model = isr->mapping->model; /* this ring may not have run an operation of its own yet */
         unsigned char *ch = ring_hdr(cb);
         for (;;) {
             /* the checks of ring_load and ring_peek_length, without raising: no GIL is held here */

@@ -46,6 +46,9 @@ typedef struct {
     PyObject *isr;  /* a TaskIsr (irq.c) whose line this ring's blocked side services, or NULL */
     int closed;     /* this object was closed: its calls raise RegionClosed */
     uint32_t limit; /* bytes of the object's directory entry: the header must stay inside */
+    /* the mapping's chip memory model (NULL: plain memory), re-read by every operation (ring_open):
+     * one load from this object instead of a chain through the mapping on every access */
+    struct memmodel *model;
     PyObject *weakreflist;
 } RingObject;
 
@@ -58,17 +61,17 @@ static inline unsigned char *ring_hdr(RingObject *r) { return r->mapping->base +
  * through the chip memory model when one is attached (dcache.c); a plain region takes the direct
  * path (`acquire` is a constant at every call site). The rest of the header is host bookkeeping. */
 static inline uint32_t ring_data_ld32(RingObject *r, Py_ssize_t off, int acquire) {
-    if (__builtin_expect(r->mapping->model != NULL, 0)) {
+    if (__builtin_expect(r->model != NULL, 0)) {
         uint32_t v;
-        model_read(r->mapping->model, (uint32_t)(r->offset + off), (unsigned char *)&v, 4);
+        model_read(r->model, (uint32_t)(r->offset + off), (unsigned char *)&v, 4);
         return v;
     }
     return acquire ? ld32_acq(ring_hdr(r) + off) : ld32_rlx(ring_hdr(r) + off);
 }
 
 static inline void ring_data_st32(RingObject *r, Py_ssize_t off, uint32_t v) {
-    if (__builtin_expect(r->mapping->model != NULL, 0))
-        model_write(r->mapping->model, (uint32_t)(r->offset + off), (const unsigned char *)&v, 4);
+    if (__builtin_expect(r->model != NULL, 0))
+        model_write(r->model, (uint32_t)(r->offset + off), (const unsigned char *)&v, 4);
     else
         st32_rel(ring_hdr(r) + off, v);
 }
@@ -95,6 +98,7 @@ static int ring_open(RingObject *r) {
         return -1;
     }
     if (mapping_check_open(r->mapping) < 0) return -1;
+    r->model = r->mapping->model;
     return mapping_check_powered(r->mapping, r->name);
 }
 
@@ -140,10 +144,10 @@ static void ring_copy_in(RingObject *r, uint32_t at, const unsigned char *src, u
     unsigned char *data = ring_hdr(r) + r->data_off;
     uint32_t first = r->length - at;
     if (first > n) first = n;
-    if (__builtin_expect(r->mapping->model != NULL, 0)) {
+    if (__builtin_expect(r->model != NULL, 0)) {
         uint32_t storage = (uint32_t)(r->offset + r->data_off);
-        model_write(r->mapping->model, storage + at, src, first);
-        if (n > first) model_write(r->mapping->model, storage, src + first, n - first);
+        model_write(r->model, storage + at, src, first);
+        if (n > first) model_write(r->model, storage, src + first, n - first);
         return;
     }
     /* memmove: the source may be a view of this very ring's storage */
@@ -155,10 +159,10 @@ static void ring_copy_out(RingObject *r, uint32_t at, unsigned char *dst, uint32
     unsigned char *data = ring_hdr(r) + r->data_off;
     uint32_t first = r->length - at;
     if (first > n) first = n;
-    if (__builtin_expect(r->mapping->model != NULL, 0)) {
+    if (__builtin_expect(r->model != NULL, 0)) {
         uint32_t storage = (uint32_t)(r->offset + r->data_off);
-        model_read(r->mapping->model, storage + at, dst, first);
-        if (n > first) model_read(r->mapping->model, storage, dst + first, n - first);
+        model_read(r->model, storage + at, dst, first);
+        if (n > first) model_read(r->model, storage, dst + first, n - first);
         return;
     }
     memmove(dst, data + at, first);

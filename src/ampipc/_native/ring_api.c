@@ -911,6 +911,7 @@ static int ring_init(RingObject *self, PyObject *args, PyObject *kwds) {
         }
     }
     self->mapping = (MappingObject *)Py_NewRef(mapping);
+    self->model = self->mapping->model;
     self->length = length;
     self->data_off = data_off;
     self->is_message = (flags & FLAG_MESSAGE) != 0;
