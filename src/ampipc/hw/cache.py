@@ -119,9 +119,11 @@ class CoherencyReport:
 
 
 def _record(region: Region) -> tuple[int, int]:
-    entry = region.lookup(L.CHIP_RECORD_NAME, L.KIND_CHIP_MEMORY)
-    base = region.mapping.load_u32(entry.offset + 40)
-    return entry.offset, base
+    """(record offset, base address) of a chip region, from its validated placement."""
+    placement = region.placement
+    if placement is None:
+        raise RuntimeError(f"region {region.name!r} is not placed in a chip memory (Region.create(..., memory=...))")
+    return placement.record_offset, placement.base_address
 
 
 def _name(region: Region, offset: int) -> tuple[str, str]:
@@ -320,12 +322,13 @@ def attach_model(region: Region, core: str) -> None:
     modelled D-cache for the CM7 when the region was created with ``cache_model=True``, checked
     against the CM7's dirty map for the CM4. Called by `Region.create`/`Region.attach` for a chip
     region when a core is given."""
-    rec, _ = _record(region)
-    flags = region.mapping.load_u32(rec + L.CHIP_OFF_FLAGS)
+    placement = region.placement
+    if placement is None:
+        raise RuntimeError(f"region {region.name!r} is not placed in a chip memory")
     name = core.upper()
     if name == "CM7":
-        region.mapping.model_attach(rec, L.MODEL_CORE_CM7, bool(flags & L.CHIP_FLAG_CACHE_MODEL))
+        region.mapping.model_attach(placement.record_offset, L.MODEL_CORE_CM7, placement.cache_model)
     elif name == "CM4":
-        region.mapping.model_attach(rec, L.MODEL_CORE_CM4, False)
+        region.mapping.model_attach(placement.record_offset, L.MODEL_CORE_CM4, False)
     else:
         raise ValueError(f"core must be 'CM7' or 'CM4', not {core!r}")

@@ -225,19 +225,10 @@ class CorePower:
 def _domain_word(core: Core) -> int | None:
     """The offset of the power word of `core`'s domain in its region's chip record (None: no chip memory)."""
     domain = CORE_DOMAINS.get(core.name.upper())
-    if domain is None:
+    placement = core.hardware.region.placement
+    if domain is None or placement is None:
         return None
-    region = core.hardware.region
-    try:
-        entry = region.lookup(L.CHIP_RECORD_NAME, L.KIND_CHIP_MEMORY)
-    except LookupError:
-        return None
-    if entry.size < L.CHIP_OFF_DOMAIN_POWER + 16:
-        raise CorruptRegion(
-            f"chip memory record of region {region.name!r} has {entry.size} bytes: too small for its header",
-            object=L.CHIP_RECORD_NAME, field="size", value=entry.size,
-        )
-    return entry.offset + L.CHIP_OFF_DOMAIN_POWER + 4 * domain
+    return placement.record_offset + L.CHIP_OFF_DOMAIN_POWER + 4 * domain
 
 
 def _power_base(core: Core) -> int:
