@@ -429,7 +429,7 @@ def test_an_observer_records_no_attach(region: Region) -> None:
     mb = MessageBuffer.create(region, "mb", 64)
     before = [p.pid for p in region.attachers(mb.offset) or []]
     with Region.attach(region.name, observe=True) as watcher:
-        MessageBuffer.attach(watcher, "mb").bytes_available
+        _ = MessageBuffer.attach(watcher, "mb").bytes_available
         assert [p.pid for p in region.attachers(mb.offset) or []] == before == [os.getpid()]
 
 

@@ -78,6 +78,21 @@ class RefReport:
         return self.offset // LINE
 
 
+WORD_LOAD, WORD_OR, WORD_XOR, WORD_AND, WORD_CAS = range(5)
+
+
+def word_apply(op: int, old: int, a: int, b: int) -> int:
+    if op == WORD_OR:
+        return old | a
+    if op == WORD_XOR:
+        return old ^ a
+    if op == WORD_AND:
+        return old & a
+    if op == WORD_CAS:
+        return b if old == a else old
+    return old
+
+
 def _mask(start: int, n: int) -> int:
     return ((1 << n) - 1) << start
 
@@ -251,6 +266,18 @@ class RefChipMemory:
                     line = self._allocate(line_off)
                 line.data[start : start + k] = piece
                 line.dirty |= _mask(start, k)
+
+    def cm7_word(self, off: int, op: int, a: int, b: int) -> int:
+        """A strategy's shared word, read-modified-written by the CM7 (Mapping.data_word_u32)."""
+        if self.policy(off) == NON_CACHEABLE:  # LDREX/STREX on memory
+            old = int.from_bytes(self.mem(off, 4), "little")
+            self._set_mem(off, word_apply(op, old, a, b).to_bytes(4, "little"))
+            return old
+        old = int.from_bytes(self.cm7_read(off, 4), "little")  # on its cached copy
+        new = word_apply(op, old, a, b)
+        if op != WORD_LOAD and new != old:
+            self.cm7_write(off, new.to_bytes(4, "little"))
+        return old
 
     def other_write(self, off: int, data: bytes) -> None:
         """The CM4 (or a DMA) writes memory: no cache between it and the bus."""

@@ -154,6 +154,12 @@ class Pair:
         self.region.mapping.model_write(off, data)
         self.ref.cm7_write(off, data)
 
+    def cm7_word(self, off: int, op: int, a: int, b: int) -> int:
+        got = self.region.mapping.data_word_u32(off, op, a, b)
+        want = self.ref.cm7_word(off, op, a, b)
+        assert got == want, f"CM7 word op {op} at {off:#x}: C {got:#x} reference {want:#x}"
+        return got
+
     def other_write(self, off: int, data: bytes) -> None:
         self.region.view[off : off + len(data)] = data
         self.ref.other_write(off, data)
@@ -253,6 +259,14 @@ class CacheMachine(RuleBasedStateMachine):
     def other_side_writes(self, rel: int, data: bytes) -> None:
         off, n = self.pair.clip(rel, len(data))
         self.pair.other_write(off, data[:n])
+
+    @rule(word=st.integers(0, window_bytes // 4 - 1), op=st.integers(0, 4), a=st.integers(0, 2**32 - 1),
+          b=st.integers(0, 2**32 - 1), same=st.booleans())
+    def cm7_shared_word(self, word: int, op: int, a: int, b: int, same: bool) -> None:
+        off = self.pair.lo + 4 * word
+        if same and op == 4:  # a compare-and-swap that succeeds: expect what the CM7 sees now
+            a = int.from_bytes(self.pair.cm7_read(off, 4), "little")  # on both sides, compared
+        self.pair.cm7_word(off, op, a, b)
 
     @rule(word=st.integers(0, window_bytes // 4 - 1), value=st.integers(0, 2**32 - 1))
     def other_side_stores_word(self, word: int, value: int) -> None:

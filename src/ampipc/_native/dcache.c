@@ -221,21 +221,19 @@ static inline uint32_t byte_mask(uint32_t from, uint32_t n) {
     return (n >= 32 ? 0xFFFFFFFFu : ((1u << n) - 1)) << from;
 }
 
-/* A read of [off, off + n) by this process's core. */
-static void model_read(memmodel *md, uint32_t off, unsigned char *dst, uint32_t n) {
-    if (!md->cached) {
-        for (uint32_t at = off; at < off + n;) {
-            uint32_t line_off = at / CHIP_LINE * CHIP_LINE, from = at - line_off;
-            uint32_t k = CHIP_LINE - from < off + n - at ? CHIP_LINE - from : off + n - at;
-            if (__atomic_load_n(dirty_word(md, line_off), __ATOMIC_ACQUIRE) & byte_mask(from, k))
-                model_report(md, REPORT_DIRTY_READ, md->core, at, k);
-            at += k;
-        }
-        __atomic_thread_fence(__ATOMIC_SEQ_CST);
-        memcpy(dst, md->mem + off, n);
-        return;
+/* Bytes the CM7 holds dirty, read by a core without a cache (the CM4) or a DMA: reported. */
+static void model_check_dirty(memmodel *md, uint32_t off, uint32_t n) {
+    for (uint32_t at = off; at < off + n;) {
+        uint32_t line_off = at / CHIP_LINE * CHIP_LINE, from = at - line_off;
+        uint32_t k = CHIP_LINE - from < off + n - at ? CHIP_LINE - from : off + n - at;
+        if (__atomic_load_n(dirty_word(md, line_off), __ATOMIC_ACQUIRE) & byte_mask(from, k))
+            model_report(md, REPORT_DIRTY_READ, md->core, at, k);
+        at += k;
     }
-    pthread_mutex_lock(&dcache.lock);
+}
+
+/* The CM7's read through its cache; dcache.lock held. */
+static void cache_read_locked(memmodel *md, uint32_t off, unsigned char *dst, uint32_t n) {
     for (uint32_t at = off; at < off + n;) {
         uint32_t line_off = at / CHIP_LINE * CHIP_LINE, from = at - line_off;
         uint32_t k = CHIP_LINE - from < off + n - at ? CHIP_LINE - from : off + n - at;
@@ -257,16 +255,10 @@ static void model_read(memmodel *md, uint32_t off, unsigned char *dst, uint32_t 
         }
         at += k;
     }
-    pthread_mutex_unlock(&dcache.lock);
 }
 
-static void model_write(memmodel *md, uint32_t off, const unsigned char *src, uint32_t n) {
-    if (!md->cached) {
-        memmove(md->mem + off, src, n);
-        __atomic_thread_fence(__ATOMIC_SEQ_CST);
-        return;
-    }
-    pthread_mutex_lock(&dcache.lock);
+/* The CM7's write through its cache; dcache.lock held. */
+static void cache_write_locked(memmodel *md, uint32_t off, const unsigned char *src, uint32_t n) {
     for (uint32_t at = off; at < off + n;) {
         uint32_t line_off = at / CHIP_LINE * CHIP_LINE, from = at - line_off;
         uint32_t k = CHIP_LINE - from < off + n - at ? CHIP_LINE - from : off + n - at;
@@ -294,7 +286,93 @@ static void model_write(memmodel *md, uint32_t off, const unsigned char *src, ui
         }
         at += k;
     }
+}
+
+/* A read of [off, off + n) by this process's core. */
+static void model_read(memmodel *md, uint32_t off, unsigned char *dst, uint32_t n) {
+    if (!md->cached) {
+        model_check_dirty(md, off, n);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        memcpy(dst, md->mem + off, n);
+        return;
+    }
+    pthread_mutex_lock(&dcache.lock);
+    cache_read_locked(md, off, dst, n);
     pthread_mutex_unlock(&dcache.lock);
+}
+
+static void model_write(memmodel *md, uint32_t off, const unsigned char *src, uint32_t n) {
+    if (!md->cached) {
+        memmove(md->mem + off, src, n);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        return;
+    }
+    pthread_mutex_lock(&dcache.lock);
+    cache_write_locked(md, off, src, n);
+    pthread_mutex_unlock(&dcache.lock);
+}
+
+/* ---- shared words of firmware data (toggle words, control pending words) --------------------
+ * A strategy's shared word is updated by read-modify-write. A core without a cache, or the CM7 on
+ * non-cacheable memory, does what LDREX/STREX does on the chip: one atomic operation on memory (the
+ * CM4's read is checked against the CM7's dirty bytes first). The CM7 on cacheable memory operates on
+ * its cached copy, atomic only against its own tasks (the exclusive monitor is local): the other
+ * core neither sees the new value nor is seen, exactly the lost-event bug of a cacheable flag word. */
+#define WORD_LOAD 0
+#define WORD_OR 1
+#define WORD_XOR 2
+#define WORD_AND 3
+#define WORD_CAS 4 /* a: expected, b: desired */
+
+static inline uint32_t word_apply(int op, uint32_t old, uint32_t a, uint32_t b) {
+    switch (op) {
+    case WORD_OR: return old | a;
+    case WORD_XOR: return old ^ a;
+    case WORD_AND: return old & a;
+    case WORD_CAS: return old == a ? b : old;
+    default: return old;
+    }
+}
+
+static uint32_t memory_atomic32(uint32_t *p, int op, uint32_t a, uint32_t b) {
+    switch (op) {
+    case WORD_OR: return __atomic_fetch_or(p, a, __ATOMIC_SEQ_CST);
+    case WORD_XOR: return __atomic_fetch_xor(p, a, __ATOMIC_SEQ_CST);
+    case WORD_AND: return __atomic_fetch_and(p, a, __ATOMIC_SEQ_CST);
+    case WORD_CAS: __atomic_compare_exchange_n(p, &a, b, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST); return a;
+    default: return __atomic_load_n(p, __ATOMIC_SEQ_CST);
+    }
+}
+
+/* The value before the operation (WORD_CAS: the value found). `off` is 4-aligned and in bounds. */
+static uint32_t model_word32(memmodel *md, uint32_t off, int op, uint32_t a, uint32_t b) {
+    uint32_t *p = (uint32_t *)(md->mem + off);
+    if (!md->cached) {
+        model_check_dirty(md, off, 4);
+        return memory_atomic32(p, op, a, b);
+    }
+    pthread_mutex_lock(&dcache.lock);
+    uint32_t old;
+    if (model_policy(md, off) == POLICY_NC)
+        old = memory_atomic32(p, op, a, b);
+    else {
+        unsigned char raw[4];
+        cache_read_locked(md, off, raw, 4);
+        memcpy(&old, raw, 4);
+        uint32_t value = word_apply(op, old, a, b);
+        if (op != WORD_LOAD && value != old) {
+            memcpy(raw, &value, 4);
+            cache_write_locked(md, off, raw, 4);
+        }
+    }
+    pthread_mutex_unlock(&dcache.lock);
+    return old;
+}
+
+/* What the strategies call: straight to memory on a region without a model. */
+static inline uint32_t data_word32(MappingObject *m, Py_ssize_t off, int op, uint32_t a, uint32_t b) {
+    if (__builtin_expect(m->model != NULL, 0)) return model_word32(m->model, (uint32_t)off, op, a, b);
+    return memory_atomic32((uint32_t *)(m->base + off), op, a, b);
 }
 
 #define MAINTAIN_CLEAN 1
@@ -473,6 +551,25 @@ static PyObject *mapping_model_write(MappingObject *self, PyObject *args) {
     model_write(self->model, (uint32_t)off, data.buf, (uint32_t)data.len);
     PyBuffer_Release(&data);
     Py_RETURN_NONE;
+}
+
+/* data_word_u32(offset, op, a=0, b=0): a strategy's shared word, through the model when one is
+ * attached (op 0 load, 1 or, 2 xor, 3 and, 4 compare-and-swap of a by b); the value before. */
+static PyObject *mapping_data_word_u32(MappingObject *self, PyObject *args) {
+    Py_ssize_t off;
+    int op;
+    unsigned long a = 0, b = 0;
+    if (!PyArg_ParseTuple(args, "ni|kk", &off, &op, &a, &b)) return NULL;
+    if (op < WORD_LOAD || op > WORD_CAS) {
+        PyErr_SetString(PyExc_ValueError, "op must be 0 (load), 1 (or), 2 (xor), 3 (and) or 4 (compare-and-swap)");
+        return NULL;
+    }
+    if (a > 0xFFFFFFFFul || b > 0xFFFFFFFFul) {
+        PyErr_SetString(PyExc_OverflowError, "value does not fit in 32 bits");
+        return NULL;
+    }
+    if (mapping_word(self, off, 4) == NULL) return NULL;
+    return PyLong_FromUnsignedLong(data_word32(self, off, op, (uint32_t)a, (uint32_t)b));
 }
 
 /* A read by another bus master (a DMA stream): memory as it is, checked against the dirty map. */

@@ -296,16 +296,17 @@ static void notifier_run(NotifierObject *n, RingObject *data) {
         }
     }
     if (n->strategy == STRATEGY_TOGGLE) {
-        uint32_t *sent = (uint32_t *)(base + n->word_off);
-        uint32_t value = __atomic_fetch_or(sent, 0, __ATOMIC_SEQ_CST); /* a full barrier before reading acked */
+        MappingObject *m = n->mapping; /* toggle words are firmware data: through the model if any */
+        uint32_t value = data_word32(m, n->word_off, WORD_OR, 0, 0); /* a full barrier before reading acked */
         for (;;) {
-            uint32_t acked = __atomic_load_n((uint32_t *)(base + n->acked_off), __ATOMIC_SEQ_CST);
+            uint32_t acked = data_word32(m, n->acked_off, WORD_LOAD, 0, 0);
             if ((value ^ acked) & n->bit) {
                 count(&n->counters->coalesced);
                 return;
             }
-            if (__atomic_compare_exchange_n(sent, &value, value ^ n->bit, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
-                break;
+            uint32_t found = data_word32(m, n->word_off, WORD_CAS, value, value ^ n->bit);
+            if (found == value) break;
+            value = found;
         }
     } else if (n->strategy == STRATEGY_HSEM) {
         /* FastTake: CAS(0 -> LOCK|COREID); held by this core already: its release notifies */
@@ -337,7 +338,7 @@ static void notifier_run(NotifierObject *n, RingObject *data) {
             ring_call_hook(data, n->fallback, n->event == EVENT_DATA_SENT ? ROLE_WRITER : ROLE_READER);
             return;
         }
-        if (__atomic_fetch_or((uint32_t *)(base + n->word_off), n->bit, __ATOMIC_SEQ_CST) & n->bit) {
+        if (data_word32(n->mapping, n->word_off, WORD_OR, n->bit, 0) & n->bit) {
             count(&n->counters->coalesced);
             return;
         }
@@ -620,14 +621,13 @@ static void isr_wake(isr_target *t, RingObject *self, int self_role) {
 }
 
 static void isr_toggle(TaskIsrObject *isr, RingObject *self, int self_role) {
-    unsigned char *base = isr->mapping->base;
+    MappingObject *m = isr->mapping;
     for (Py_ssize_t i = 0; i < isr->nwords; i++) {
         isr_word *w = &isr->words[i];
-        uint32_t pending = (__atomic_load_n((uint32_t *)(base + w->sent_off), __ATOMIC_SEQ_CST) ^
-                            __atomic_load_n((uint32_t *)(base + w->acked_off), __ATOMIC_SEQ_CST)) &
+        uint32_t pending = (data_word32(m, w->sent_off, WORD_LOAD, 0, 0) ^ data_word32(m, w->acked_off, WORD_LOAD, 0, 0)) &
                            w->valid;
         if (!pending) continue;
-        __atomic_fetch_xor((uint32_t *)(base + w->acked_off), pending, __ATOMIC_SEQ_CST); /* acknowledge first */
+        data_word32(m, w->acked_off, WORD_XOR, pending, 0); /* acknowledge first */
         for (uint32_t bits = pending; bits; bits &= bits - 1) {
             isr_target *t = &w->target[__builtin_ctz(bits)];
             count(&isr->counters->handled);
@@ -639,7 +639,6 @@ static void isr_toggle(TaskIsrObject *isr, RingObject *self, int self_role) {
 /* Drain the control buffers. Returns 0, or -1 when a record is not one the reference would accept:
  * it is left in place for the Python handler, which reports it. */
 static int isr_control(TaskIsrObject *isr, RingObject *self, int self_role) {
-    unsigned char *base = isr->mapping->base;
     for (Py_ssize_t i = 0; i < isr->ndirections; i++) {
         isr_direction *d = &isr->directions[i];
         RingObject *cb = d->control;
@@ -675,7 +674,7 @@ static int isr_control(TaskIsrObject *isr, RingObject *self, int self_role) {
             ring_data_st32(cb, OFF_TAIL, ring_advance(cb, at, CONTROL_RECORD_SIZE));
             bump64(ch + OFF_MSGS_OUT, 1);
             bump64(ch + OFF_BYTES_OUT, CONTROL_RECORD_SIZE);
-            __atomic_fetch_and((uint32_t *)(base + e->pending_off), ~e->bit, __ATOMIC_SEQ_CST); /* before the wake */
+            data_word32(isr->mapping, e->pending_off, WORD_AND, ~e->bit, 0); /* before the wake */
             count(&isr->counters->handled);
             isr_wake(&e->target, self, self_role);
         }

@@ -37,6 +37,7 @@ static PyObject *mapping_model_detach(MappingObject *self, PyObject *unused);
 static PyObject *mapping_model_read(MappingObject *self, PyObject *args);
 static PyObject *mapping_model_write(MappingObject *self, PyObject *args);
 static PyObject *mapping_model_observe(MappingObject *self, PyObject *args);
+static PyObject *mapping_data_word_u32(MappingObject *self, PyObject *args);
 static PyObject *mapping_model_maintain(MappingObject *self, PyObject *args);
 static PyObject *mapping_model_set_mpu(MappingObject *self, PyObject *ranges);
 static PyObject *mapping_model_lines(MappingObject *self, PyObject *unused);
@@ -362,6 +363,9 @@ static PyMethodDef mapping_methods[] = {
     {"model_detach", (PyCFunction)mapping_model_detach, METH_NOARGS, "Back to plain memory (the CM7's lines are dropped)."},
     {"model_read", (PyCFunction)mapping_model_read, METH_VARARGS, "model_read(offset, n): read as this core."},
     {"model_write", (PyCFunction)mapping_model_write, METH_VARARGS, "model_write(offset, data): write as this core."},
+    {"data_word_u32", (PyCFunction)mapping_data_word_u32, METH_VARARGS,
+     "data_word_u32(offset, op, a=0, b=0): a strategy's shared word (0 load, 1 or, 2 xor, 3 and, 4 cas a->b), "
+     "through the memory model when one is attached; returns the value before."},
     {"model_observe", (PyCFunction)mapping_model_observe, METH_VARARGS,
      "model_observe(offset, n, core=3): a read of memory by another bus master, checked against the dirty map."},
     {"model_maintain", (PyCFunction)mapping_model_maintain, METH_VARARGS,

@@ -54,6 +54,11 @@ __all__ = [
     "EventMap",
     "Strategy",
     "StrategyOptions",
+    "WORD_AND",
+    "WORD_CAS",
+    "WORD_LOAD",
+    "WORD_OR",
+    "WORD_XOR",
     "bits_of",
 ]
 
@@ -61,6 +66,10 @@ AnyBuffer = MessageBuffer | StreamBuffer
 _log = logging.getLogger("ampipc.notify")
 ErrorCallback = Callable[[str, int], None]
 """``callback(message, buffer_id)``: a strategy reports a problem it cannot raise (it runs in a hook or an ISR)."""
+
+# The operations of `_native.Mapping.data_word_u32`: a strategy's shared words (toggle words, control
+# pending words) are firmware data, so on a chip region they go through the CM7 cache model.
+WORD_LOAD, WORD_OR, WORD_XOR, WORD_AND, WORD_CAS = range(5)
 
 DEFAULT_IRQ_LINE = 4
 """The interrupt line the one-interrupt strategies (control, toggle) ring: the first application line."""

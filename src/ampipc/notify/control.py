@@ -45,6 +45,8 @@ from .. import _native
 from ..buffers import MessageBuffer
 from ..errors import CorruptRegion, ProtocolError
 from .base import (
+    WORD_AND,
+    WORD_OR,
     AnyBuffer,
     EndpointSpec,
     EventKind,
@@ -227,7 +229,7 @@ class ControlStrategy(Strategy):
     def _raise_event(self, d: tuple[str, str], pending_off: int, bit: int, record: bytes, _buffer: AnyBuffer) -> None:
         m = self.region.mapping
         # fetch_or is a full barrier: the data is visible before the destination can clear the bit
-        if m.fetch_or_u32(pending_off, bit) & bit:
+        if m.data_word_u32(pending_off, WORD_OR, bit) & bit:  # firmware data: through the chip model if any
             self.counters.events_coalesced += 1
             return
         with self._writer_lock:
@@ -266,7 +268,7 @@ class ControlStrategy(Strategy):
             if overflowed:
                 self.counters.extra["overflow_recoveries"] += 1
                 for word in range(self.event_map.word_count(*d)):
-                    m.fetch_and_u32(block + 64 + 4 * word, 0)
+                    m.data_word_u32(block + 64 + 4 * word, WORD_AND, 0)
                 for buffer_id, kind in self.event_map.events(*d):
                     self._wake(self._by_id[buffer_id].buffer, kind)
 
@@ -280,7 +282,7 @@ class ControlStrategy(Strategy):
             self._report(f"control buffer {self.layout.buffer_names[d]!r}: {e}", -1)
             return
         word, bit = self.event_map.locate(buffer_id, kind)
-        self.region.mapping.fetch_and_u32(block + 64 + 4 * word, ~bit & _MASK32)
+        self.region.mapping.data_word_u32(block + 64 + 4 * word, WORD_AND, ~bit & _MASK32)
         self.counters.events_handled += 1
         self._wake(self._by_id[buffer_id].buffer, kind)
 

@@ -31,7 +31,18 @@ from typing import TYPE_CHECKING
 
 from .. import _native
 from ..errors import CorruptRegion
-from .base import AnyBuffer, EndpointSpec, EventMap, Strategy, StrategyOptions, bits_of
+from .base import (
+    WORD_CAS,
+    WORD_LOAD,
+    WORD_OR,
+    WORD_XOR,
+    AnyBuffer,
+    EndpointSpec,
+    EventMap,
+    Strategy,
+    StrategyOptions,
+    bits_of,
+)
 
 if TYPE_CHECKING:
     from ..region import Region
@@ -40,7 +51,8 @@ __all__ = ["TOGGLE_KIND", "ToggleLayout", "ToggleStrategy", "pending_bits", "rai
 
 TOGGLE_KIND = "toggle_words"
 _MAGIC = 0x4C474754  # "TGGL"
-_HEADER_SIZE = 64  # magic, direction count, total size; then the words
+_HEADER_SIZE = 64  # magic, direction count, total size, each direction's word count (up to 13); then the words
+_MAX_COUNTED_DIRECTIONS = 13
 _MASK32 = 0xFFFFFFFF
 
 
@@ -79,6 +91,21 @@ class ToggleLayout:
         self.size = at
 
 
+def field_name(mapping: _native.Mapping, offset: int, size: int, delta: int) -> str:
+    """The toggle word at byte `delta` of a toggle object (the coherency checker's reports)."""
+    if delta < _HEADER_SIZE:
+        return f"header+{delta}"
+    directions = min(mapping.load_u32(offset + 4), _MAX_COUNTED_DIRECTIONS)
+    at = _HEADER_SIZE
+    for i in range(directions):
+        words = mapping.load_u32(offset + 12 + 4 * i)
+        for part in ("sent", "acked"):
+            if at <= delta < at + _block(words):
+                return f"direction {i} {part}[{(delta - at) // 4}]"
+            at += _block(words)
+    return f"word[{(delta - _HEADER_SIZE) // 4}]"
+
+
 class ToggleStrategy(Strategy):
     """Notification by toggle bits and one doorbell interrupt per direction."""
 
@@ -104,6 +131,8 @@ class ToggleStrategy(Strategy):
         offset = region.allocate(f"{prefix}.tg", TOGGLE_KIND, layout.size)
         region.mapping.store_u32(offset + 4, len(layout.words))
         region.mapping.store_u32(offset + 8, layout.size)
+        for i, words in enumerate(list(layout.words.values())[:_MAX_COUNTED_DIRECTIONS]):
+            region.mapping.store_u32(offset + 12 + 4 * i, words)  # for tools naming the words
         region.mapping.store_u32(offset, _MAGIC)
 
     def install(self) -> None:
@@ -161,14 +190,14 @@ class ToggleStrategy(Strategy):
         self.core.detach_handler(self.options.irq_line)
 
     def _raise_event(self, sent_off: int, acked_off: int, bit: int, destination: str, _buffer: AnyBuffer) -> None:
-        m = self.region.mapping
-        sent = m.fetch_or_u32(sent_off, 0)
+        shared = self.region.mapping.data_word_u32  # firmware data: through the chip model if one is attached
+        sent = shared(sent_off, WORD_OR, 0)
         while True:
-            new = raise_value(sent, m.load_u32(acked_off), bit)
+            new = raise_value(sent, shared(acked_off, WORD_LOAD), bit)
             if new is None:
                 self.counters.events_coalesced += 1
                 return
-            found = m.cas_u32(sent_off, sent, new)
+            found = shared(sent_off, WORD_CAS, sent, new)
             if found == sent:
                 break
             sent = found
@@ -178,7 +207,7 @@ class ToggleStrategy(Strategy):
 
     def _isr(self, _line: int) -> None:
         self.counters.interrupts += 1
-        m = self.region.mapping
+        shared = self.region.mapping.data_word_u32
         me = self.core.name
         for d in self.event_map.directions:
             if d[1] != me:
@@ -187,10 +216,10 @@ class ToggleStrategy(Strategy):
                 sent_off = self._base + self.layout.sent_at[d] + 4 * word
                 acked_off = self._base + self.layout.acked_at[d] + 4 * word
                 valid = self.event_map.valid_mask(d[0], d[1], word)
-                pending = pending_bits(m.load_u32(sent_off), m.load_u32(acked_off), valid)
+                pending = pending_bits(shared(sent_off, WORD_LOAD), shared(acked_off, WORD_LOAD), valid)
                 if not pending:
                     continue
-                m.fetch_xor_u32(acked_off, pending)
+                shared(acked_off, WORD_XOR, pending)
                 for bit in bits_of(pending):
                     buffer_id, kind = self.event_map.event_at(d[0], d[1], word, bit)
                     self.counters.events_handled += 1
