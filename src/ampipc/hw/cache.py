@@ -26,6 +26,7 @@ object and field of each, as a firmware engineer would look them up in the linke
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING
@@ -126,6 +127,15 @@ def _record(region: Region) -> tuple[int, int]:
     return placement.record_offset, placement.base_address
 
 
+# The layers above name the fields of their own objects: ``field_name(mapping, offset, size, delta)``
+# (the object's offset and size in the region, the byte within it). Imported when a report needs it.
+_FIELD_NAMERS = {
+    "toggle_words": "ampipc.notify.toggle",
+    "payload_pool": "ampipc.services.pool",
+    "rpmsg": "ampipc.rpmsg.transports",
+}
+
+
 def _name(region: Region, offset: int) -> tuple[str, str]:
     for entry in region.objects():
         if entry.offset <= offset < entry.offset + entry.size:
@@ -135,6 +145,10 @@ def _name(region: Region, offset: int) -> tuple[str, str]:
                 if data_off and delta >= data_off:
                     return entry.name, f"storage[{delta - data_off}]"
                 return entry.name, _RING_FIELDS.get(delta - delta % 4, f"header+{delta}")
+            module = _FIELD_NAMERS.get(entry.kind)
+            if module is not None:
+                namer = importlib.import_module(module).field_name
+                return entry.name, namer(region.mapping, entry.offset, entry.size, delta)
             return entry.name, f"+{delta}"
     return "", ""
 

@@ -11,6 +11,11 @@ The two 32-bit words that publish ring indexes are accessed with `load_word` (ac
 `store_word` (release). When the window lies in a `_native.Mapping`, these are the mapping's
 atomic operations (sequentially consistent, so correct on weakly ordered CPUs too); over a plain
 bytearray (tests, byte images) they are ordinary reads and writes.
+
+A `ModelledWindow` is the same area as one core of a chip region sees it (`ampipc.hw.cache`): every
+access, the published words included, goes through the mapping's memory model, so the CM7's cache
+holds the rings, buffers and resource table as it would on the chip. The C fast path addresses the
+memory directly and is therefore not used under a model (`Window.modelled`).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ class Window:
     """The shared area: ``size`` bytes, optionally backed by an atomic-capable mapping."""
 
     __slots__ = ("_base", "_mapping", "size", "view")
+    modelled = False
 
     def __init__(self, view: memoryview | bytearray, mapping: AtomicMapping | None = None, mapping_offset: int = 0) -> None:
         mv = memoryview(view)
@@ -126,3 +132,69 @@ class Window:
 
     def release(self) -> None:
         self.view.release()
+
+
+class ModelledMapping(AtomicMapping, Protocol):
+    def model_read(self, offset: int, n: int, /) -> bytes: ...
+    def model_write(self, offset: int, data: bytes | bytearray | memoryview, /) -> Any: ...
+
+
+class ModelledWindow(Window):
+    """The shared area of a chip region, every access through this core's memory model."""
+
+    __slots__ = ("_model",)
+    modelled = True
+
+    def __init__(self, view: memoryview | bytearray, mapping: ModelledMapping, mapping_offset: int = 0) -> None:
+        super().__init__(view, mapping, mapping_offset)
+        self._model = mapping
+
+    def _get(self, offset: int, length: int) -> bytes:
+        self._check(offset, length)
+        return bytes(self._model.model_read(self._base + offset, length))
+
+    def _put(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        self._check(offset, len(data))
+        self._model.model_write(self._base + offset, data)
+
+    def u8(self, offset: int) -> int:
+        return self._get(offset, 1)[0]
+
+    def u16(self, offset: int) -> int:
+        return int(_U16.unpack(self._get(offset, 2))[0])
+
+    def u32(self, offset: int) -> int:
+        return int(_U32.unpack(self._get(offset, 4))[0])
+
+    def u64(self, offset: int) -> int:
+        return int(_U64.unpack(self._get(offset, 8))[0])
+
+    def put_u8(self, offset: int, value: int) -> None:
+        self._put(offset, _U8.pack(value & 0xFF))
+
+    def put_u16(self, offset: int, value: int) -> None:
+        self._put(offset, _U16.pack(value & 0xFFFF))
+
+    def put_u32(self, offset: int, value: int) -> None:
+        self._put(offset, _U32.pack(value & 0xFFFFFFFF))
+
+    def unpack(self, fmt: struct.Struct, offset: int) -> tuple[Any, ...]:
+        return fmt.unpack(self._get(offset, fmt.size))
+
+    def pack(self, fmt: struct.Struct, offset: int, *values: Any) -> None:
+        self._put(offset, fmt.pack(*values))
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self._get(offset, length)
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        self._put(offset, data)
+
+    def fill(self, offset: int, length: int, byte: int = 0) -> None:
+        self._put(offset, bytes([byte]) * length)
+
+    def load_word(self, offset: int) -> int:
+        return self.u32(offset)  # the model fences every access to memory
+
+    def store_word(self, offset: int, value: int) -> None:
+        self.put_u32(offset, value)

@@ -49,7 +49,7 @@ from ..errors import IpcError, ObjectNotFound, ProtocolError, Timeout
 from ..hw import Core
 from ..liveness import current_token, is_alive
 from ..region import Region, check_segment_owner
-from ._window import Window
+from ._window import ModelledWindow, Window
 from ._wire import (
     DEMO_POOL_OFFSET,
     DEMO_POOL_SIZE,
@@ -68,7 +68,7 @@ from ._wire import (
     vring_size,
 )
 from .rpmsg_virtio import Role
-from .rsc_table import VringEntry, build_resource_table
+from .rsc_table import VringEntry, build_resource_table, parse_resource_table
 
 __all__ = [
     "Doorbell",
@@ -402,6 +402,8 @@ _OFF_ENDPOINTS = 0x38  # u32: offset of the two endpoint tables (driver's, then 
 _OFF_BELL_TO_DRIVER = 0x40  # u32 counter, then u32 waiting
 _OFF_BELL_TO_DEVICE = 0x80
 _RSC_AT = 0x100
+_HEADER_FIELDS = {_OFF_MAGIC: "magic", _OFF_VERSION: "version", _OFF_RSC: "resource table offset", _OFF_POOL: "pool offset",
+                  _OFF_POOL_SIZE: "pool size", _OFF_BUFFER_SIZE: "buffer size", _OFF_ENDPOINTS: "endpoint tables offset"}
 
 
 # Each side's table of its endpoints, for tools that watch a running system (``ampipc top``); the
@@ -422,6 +424,39 @@ def _region_layout(num: int, align: int, buffer_size: int) -> tuple[int, int, in
     pool = align_up(vring1 + size, 64)
     pool_size = 2 * num * buffer_size
     return vring0, vring1, pool, pool_size, pool + pool_size + 2 * _ENDPOINT_TABLE_SIZE
+
+
+def field_name(mapping: _native.Mapping, offset: int, size: int, delta: int) -> str:
+    """The part of a region rpmsg object at byte `delta` (the coherency checker's reports).
+
+    The resource table is parsed from memory, bounds-checked; a corrupt one names the byte only.
+    """
+    if delta < _RSC_AT:
+        return _HEADER_FIELDS.get(delta - delta % 4, f"header+{delta}")
+    with memoryview(mapping) as whole, whole[offset : offset + size] as view:
+        window = Window(view)
+        try:
+            table = parse_resource_table(window, window.u32(_OFF_RSC))
+            pool, pool_size, buffer_size = window.u32(_OFF_POOL), window.u32(_OFF_POOL_SIZE), window.u32(_OFF_BUFFER_SIZE)
+        except ProtocolError:
+            return f"+{delta}"
+        finally:
+            window.release()
+    if table.offset <= delta < table.offset + table.size:
+        return f"resource table+{delta - table.offset}"
+    for i, vring in enumerate(table.vrings):
+        g = vring.geometry
+        if g.desc_offset <= delta < g.avail_offset:
+            return f"vring{i}.desc[{(delta - g.desc_offset) // 16}]"
+        if g.avail_offset <= delta < g.used_offset:
+            rel = delta - g.avail_offset
+            return f"vring{i}.avail." + ("flags" if rel < 2 else "idx" if rel < 4 else f"ring[{(rel - 4) // 2}]")
+        if g.used_offset <= delta < g.da + g.size:
+            rel = delta - g.used_offset
+            return f"vring{i}.used." + ("flags" if rel < 2 else "idx" if rel < 4 else f"ring[{(rel - 4) // 8}]")
+    if buffer_size and pool <= delta < pool + pool_size:
+        return f"buffer[{(delta - pool) // buffer_size}]+{(delta - pool) % buffer_size}"
+    return f"+{delta}"
 
 
 def read_endpoint_tables(view: memoryview) -> dict[str, list[tuple[str, int, int]]]:
@@ -647,6 +682,7 @@ class RegionTransport(_Opened[Doorbell]):
         self.peer_watch = PeerWatch()  # replaced by one watching the peer once the link is open
         self._view: memoryview | None = None
         self._window: Window | None = None
+        self._host_window: Window | None = None
         self._doorbell: Doorbell | None = None
 
     @property
@@ -674,7 +710,9 @@ class RegionTransport(_Opened[Doorbell]):
         whole: memoryview = region.view
         self._view = whole[off : off + size]
         whole.release()  # the slice keeps the buffer export alive on its own
-        self._window = Window(self._view, m, off)
+        # a core of a chip region sees the link through its memory model (the CM7's cache)
+        self._window = (ModelledWindow if m.model_core is not None else Window)(self._view, m, off)
+        self._host_window = Window(self._view, m, off)  # the endpoint tables are for tools: host memory
         w = self._window
         if self.create:
             w.put_u32(_OFF_VERSION, _RT_VERSION)
@@ -723,7 +761,7 @@ class RegionTransport(_Opened[Doorbell]):
 
     def publish_endpoints(self, endpoints: Sequence[tuple[str, int, int]]) -> None:
         """Write this side's endpoint table (name, local address, remote address) for watching tools."""
-        w = self._window
+        w = self._host_window
         if w is None:
             return
         base = w.u32(_OFF_ENDPOINTS)
@@ -746,9 +784,10 @@ class RegionTransport(_Opened[Doorbell]):
         if self._doorbell is not None:
             self._doorbell.close()
             self._doorbell = None
-        if self._window is not None:
-            self._window.release()
-            self._window = None
+        for window in (self._window, self._host_window):
+            if window is not None:
+                window.release()
+        self._window = self._host_window = None
         if self._view is not None:
             self._view.release()
             self._view = None

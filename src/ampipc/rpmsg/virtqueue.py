@@ -296,8 +296,11 @@ def fast_path_default() -> bool:
 
 
 def make_driver_queue(window: Window, geometry: VringGeometry, name: str, *, fast: bool) -> AnyDriverQueue:
-    """The driver's half in C (``fast``) or in Python; both refuse a bad geometry alike."""
-    if fast:
+    """The driver's half in C (``fast``) or in Python; both refuse a bad geometry alike.
+
+    Under a chip memory model (`ModelledWindow`) the rings are always the Python ones.
+    """
+    if fast and not window.modelled:
         return _vring.DriverRing(window.view, geometry.da, geometry.num, geometry.align, name)
     return DriverQueue(window, geometry, name)
 
@@ -305,7 +308,7 @@ def make_driver_queue(window: Window, geometry: VringGeometry, name: str, *, fas
 def make_device_queue(
     window: Window, geometry: VringGeometry, pool: tuple[int, int], name: str, *, fast: bool
 ) -> AnyDeviceQueue:
-    """The device's half in C (``fast``) or in Python."""
-    if fast:
+    """The device's half in C (``fast``) or in Python (always under a chip memory model)."""
+    if fast and not window.modelled:
         return _vring.DeviceRing(window.view, geometry.da, geometry.num, geometry.align, pool[0], pool[1], name)
     return DeviceQueue(window, geometry, pool, name)

@@ -41,6 +41,14 @@ length and CRC by the committer; the counters only grow (fetch_add by whoever di
 ``in use``, which a freeing owner decrements *before* its freeing CAS so it never exceeds the slot
 count; ``peak`` is raised by CAS; the cursor is a hint any loaner stores.
 
+On a chip region (`ampipc.hw.memory`) the slots' bytes are firmware data and go through this core's
+memory model; the control words, start times and counters are host bookkeeping and stay direct.
+The CM7 with its cache model loans a private staging view (its writes live in its cache, not in
+memory) that `commit` writes through the cache, and accepts a copy read through the cache (stale
+lines and all); the CM4 loans and accepts the memory itself, its reads checked against the bytes
+the CM7 holds dirty. Both are what the cores see on the chip: the CM7 must clean a slot before
+committing it and invalidate it before reading one, unless the MPU makes the pool non-cacheable.
+
 The steps loan / commit / accept / free run in C (`ampipc._pool`, the default ``native=True``) on
 the same words with the same atomics; the Python code here is their readable reference, and the
 test suite drives both against one model, on one pool, interleaved. Reclaim is Python only.
@@ -76,6 +84,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
+from .. import _layout as L
 from .. import _native
 from ..errors import CorruptRegion, IncompatibleRegion, IpcError, ProtocolError, Timeout
 from ..liveness import current_token, is_alive
@@ -152,6 +161,18 @@ class PoolStatistics:
     releases: int
     reclaims: int
     loan_waits: int
+
+
+def field_name(mapping: _native.Mapping, offset: int, size: int, delta: int) -> str:
+    """The pool field at byte `delta` of a pool object (the coherency checker's reports)."""
+    data = mapping.load_u64(offset + OFF_DATA)
+    slot_size = mapping.load_u32(offset + OFF_SLOT_SIZE)
+    table = mapping.load_u32(offset + OFF_TABLE)
+    if slot_size and data <= delta < size:
+        return f"slot[{(delta - data) // slot_size}]+{(delta - data) % slot_size}"
+    if table <= delta < data:
+        return f"slot table[{(delta - table) // ENTRY_SIZE}]+{(delta - table) % ENTRY_SIZE}"
+    return f"header+{delta}"
 
 
 class Loan:
@@ -346,6 +367,30 @@ class PayloadPool:
         start = self._data + slot * self.slot_size
         return self._view[start : start + self.slot_size]
 
+    def _cm7_cached(self) -> bool:
+        """This process is the CM7 of a chip region with the cache model on (its slot bytes are cached)."""
+        if self._m.model_core != L.MODEL_CORE_CM7:
+            return False
+        placement = self.region.placement
+        return placement is not None and placement.cache_model
+
+    def _loan_view(self, slot: int) -> memoryview:
+        if self._m.model_core is not None and self._cm7_cached():
+            self._slot_view(slot).release()  # the closed check
+            return memoryview(bytearray(self.slot_size))  # staging: the CM7's writes sit in its cache
+        return self._slot_view(slot)
+
+    def _accepted_view(self, slot: int, length: int) -> memoryview:
+        view = self._slot_view(slot)[:length].toreadonly()
+        if self._m.model_core is None:
+            return view
+        start = self._data + slot * self.slot_size
+        seen = self._m.model_read(start, length)  # CM7: through its cache; CM4: checked against its dirty bytes
+        if self._cm7_cached():
+            _drop_view(view)
+            return memoryview(seen)
+        return view
+
     def _pid(self) -> tuple[int, int]:
         token = current_token()
         if token[0] > _PID_MASK:
@@ -395,7 +440,7 @@ class PayloadPool:
             got = self._core.try_loan(pid, start)
             if got is None:
                 return None
-            loan = Loan(self, got[0], got[1], self._slot_view(got[0]))
+            loan = Loan(self, got[0], got[1], self._loan_view(got[0]))
             self._mine[got[0]] = loan
             return loan
         m, n = self._m, self.slots
@@ -412,7 +457,7 @@ class PayloadPool:
             m.store_u32(self._base + OFF_CURSOR, (slot + 1) % n)
             m.fetch_add_u64(self._base + OFF_LOANS, 1)
             self._note_in_use()
-            loan = Loan(self, slot, word >> 32, self._slot_view(slot))
+            loan = Loan(self, slot, word >> 32, self._loan_view(slot))
             with self._lock:
                 self._mine[slot] = loan
             return loan
@@ -482,6 +527,8 @@ class PayloadPool:
             DESCRIPTOR_MAGIC, self._nonce, loan.slot, loan.generation, nbytes, len(shape), flags, len(raw_directive),
             dtype.encode("ascii"),
         ) + struct.pack(f"<{len(shape)}Q", *shape) + raw_directive
+        if self._m.model_core is not None and self._cm7_cached():  # the CM7's stores, into its cache
+            self._m.model_write(self._data + loan.slot * self.slot_size, loan.view[:nbytes])
         pid, start = self._pid()
         core = self._core
         if core is not None:
@@ -583,7 +630,7 @@ class PayloadPool:
         except ProtocolError as exc:
             self._core.unaccept(slot, gen, pid)
             raise exc if isinstance(exc, ForgedDescriptor) else ForgedDescriptor(str(exc)) from None
-        payload = Payload(self, slot, gen, length, dtype, shape, directive, self._slot_view(slot)[:length].toreadonly())
+        payload = Payload(self, slot, gen, length, dtype, shape, directive, self._accepted_view(slot, length))
         self._mine[slot] = payload
         return payload
 
@@ -608,8 +655,7 @@ class PayloadPool:
             raise StaleDescriptor(f"slot {slot} of pool {self.name!r} was taken meanwhile (generation {gen})")
         m.store_u64(entry + E_START, start)
         m.fetch_add_u64(self._base + OFF_ACCEPTS, 1)
-        view = self._slot_view(slot)[:length].toreadonly()
-        payload = Payload(self, slot, gen, length, dtype, shape, directive, view)
+        payload = Payload(self, slot, gen, length, dtype, shape, directive, self._accepted_view(slot, length))
         with self._lock:
             self._mine[slot] = payload
         return payload
