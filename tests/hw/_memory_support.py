@@ -38,3 +38,29 @@ def attach_as_core(region_name: str, core: str, results: Any) -> None:
         results.put(("error", repr(e)))
     finally:
         region.close()
+
+
+def custom_chip(name: str) -> Any:
+    """A small dual-core part for the register_chip tests: one shared SRAM both cores reach."""
+    from ampipc.hw import memory as M
+
+    both = {"CM7": M.Access.CACHEABLE, "CM4": M.Access.DIRECT}
+    return M.ChipInfo(name, ("CM7", "CM4"), (M.MemoryInfo("SHARED", 0x10000000, 32 * 1024, M.Domain.D3, both),))
+
+
+def attach_custom_chip(region_name: str, chip: str, register: bool, results: Any) -> None:
+    """Attach as the CM4 to a region on the custom chip `chip`, registering its table first or not."""
+    from ampipc.errors import IncompatibleRegion
+    from ampipc.hw import memory as M
+
+    if register:
+        M.register_chip(custom_chip(chip))
+    try:
+        with Region.attach(region_name, core="CM4") as region:
+            placement = region.placement
+            assert placement is not None
+            results.put(("ok", placement.chip, placement.memory, region.chip_address(0)))
+    except IncompatibleRegion as e:
+        results.put(("incompatible", str(e)))
+    except Exception as e:  # noqa: BLE001 - reported to the test, which fails on it
+        results.put(("error", repr(e)))

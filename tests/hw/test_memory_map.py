@@ -27,7 +27,7 @@ from ampipc import _layout as L
 from ampipc.errors import CorruptRegion, DomainPoweredDown, MemoryUnreachable
 from ampipc.hw import memory as M
 
-from ._memory_support import GENEROUS, attach_as_core
+from ._memory_support import GENEROUS, attach_as_core, attach_custom_chip, custom_chip
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -122,6 +122,28 @@ def test_register_chip_extends_the_table_and_checks_it(make_region: Callable[...
     with pytest.raises(ValueError, match="every core"):
         M.register_chip(missing_core)
     assert "BADCHIP1" not in M.known_chips()
+
+
+@pytest.mark.parametrize("register", [False, True])
+def test_a_process_attaches_to_a_registered_chip_only_with_the_same_table(
+    register: bool, make_region: Callable[..., Region], spawn: Any
+) -> None:
+    name = f"OTHERCHIP{os.getpid() % 10000}"
+    if name not in M.known_chips():
+        M.register_chip(custom_chip(name))
+    region = make_region(16 * KiB, chip=name, memory="SHARED", core="CM7")
+    results = spawn.ctx.Queue()
+    child = spawn(attach_custom_chip, region.name, name, register, results)
+    try:
+        result = results.get(timeout=GENEROUS)
+    except queue.Empty:
+        pytest.fail("the child reported nothing")
+    assert spawn.join(child) == 0
+    if register:
+        assert result == ("ok", name, "SHARED", 0x10000000)
+    else:
+        assert result[0] == "incompatible", result
+        assert name in result[1] and "register_chip" in result[1]
 
 
 # ---- regions in chip memories --------------------------------------------------------------------

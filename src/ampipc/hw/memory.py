@@ -36,7 +36,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from .. import _layout as L
-from ..errors import CorruptRegion, MemoryUnreachable
+from ..errors import CorruptRegion, IncompatibleRegion, MemoryUnreachable
 
 if TYPE_CHECKING:
     from ..region import Region
@@ -438,7 +438,12 @@ def placement_of(region: Region) -> ChipPlacement | None:
     try:
         info = chip_info(_text(raw_chip, "chip"))
     except ValueError:
-        raise corrupt("chip", None, f"names no registered chip ({raw_chip.rstrip(bytes(1))!r})") from None
+        # each process brings its own table, as each core's image brings its own linker script
+        raise IncompatibleRegion(
+            f"region {region.name!r} is placed on chip {raw_chip.rstrip(bytes(1)).decode('ascii', 'replace')!r}, "
+            f"which this process does not know (known: {', '.join(known_chips())}): register the same chip table "
+            "with ampipc.hw.memory.register_chip before attaching"
+        ) from None
     try:
         mem = info.memory(_text(raw_memory, "memory"))
     except ValueError:
