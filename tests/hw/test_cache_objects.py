@@ -15,8 +15,11 @@ from itertools import count
 
 import pytest
 
-from ampipc import Ipc, MessageBuffer, Region
+from ampipc import DomainPoweredDown, Ipc, MessageBuffer, Region
+from ampipc.hw import Hardware
 from ampipc.hw.cache import DCache, Mpu, ReportKind, reports
+from ampipc.hw.power import PowerState
+from ampipc.notify.base import WORD_LOAD
 from ampipc.rpmsg import open_region
 from ampipc.rpmsg._window import ModelledWindow
 from ampipc.rpmsg.virtqueue import DriverQueue
@@ -248,3 +251,43 @@ def test_an_rpmsg_echo_over_non_cacheable_memory_runs_through_the_model_and_stay
             host.close()
         child.reap()
     assert reports(chip_region) == []
+
+
+# ---- power domains under every object kind ------------------------------------------------------
+
+
+def test_a_stopped_domain_refuses_pool_rpmsg_and_strategy_word_accesses_until_it_wakes(plain_region: Region) -> None:
+    region = Region.create(_unique("d2"), 64 * 1024, chip="stm32h745", memory="SRAM1", core="CM7")
+    try:
+        hw = Hardware.create(region)
+        pool = PayloadPool.create(region, "frames", slots=2, slot_size=256)
+        desc = MessageBuffer.attach(plain_region, "desc")
+        loan = pool.loan(timeout=GENEROUS)
+        loan.view[:5] = b"hello"
+        ipc = Ipc.init(region, channels=1, strategy="toggle", core="CM7")
+        words = region.lookup("ipc.tg")
+        host = open_region(region, "link0", "driver", create=True, open_timeout=GENEROUS, num=4)
+        window = host.transport.window
+        power = hw.core("CM4").power
+        power.enter(PowerState.STOP)  # D2, and SRAM1 with it, goes down
+        try:
+            with pytest.raises(DomainPoweredDown) as caught:
+                loan.commit(desc, length=5)
+            assert caught.value.domain == "D2" and caught.value.memory == "SRAM1"
+            with pytest.raises(DomainPoweredDown):
+                pool.try_loan()
+            with pytest.raises(DomainPoweredDown):
+                window.u32(0)
+            with pytest.raises(DomainPoweredDown):
+                region.mapping.data_word_u32(words.offset + 64, WORD_LOAD)
+        finally:
+            power.wake()
+        loan.commit(desc, length=5)  # the loan survived the refusal
+        with pool.receive(desc, timeout=GENEROUS) as payload:
+            assert bytes(payload.data) == b"hello"
+        host.close()
+        ipc.close()
+        pool.close()
+        hw.close()
+    finally:
+        region.close()

@@ -533,7 +533,7 @@ static PyObject *mapping_model_detach(MappingObject *self, PyObject *unused) {
 static PyObject *mapping_model_read(MappingObject *self, PyObject *args) {
     Py_ssize_t off, n;
     if (!PyArg_ParseTuple(args, "nn", &off, &n)) return NULL;
-    if (model_range(self, off, n) < 0) return NULL;
+    if (model_range(self, off, n) < 0 || mapping_check_powered_at(self, off) < 0) return NULL;
     PyObject *b = PyBytes_FromStringAndSize(NULL, n);
     if (b == NULL) return NULL;
     model_read(self->model, (uint32_t)off, (unsigned char *)PyBytes_AS_STRING(b), (uint32_t)n);
@@ -544,7 +544,7 @@ static PyObject *mapping_model_write(MappingObject *self, PyObject *args) {
     Py_ssize_t off;
     Py_buffer data;
     if (!PyArg_ParseTuple(args, "ny*", &off, &data)) return NULL;
-    if (model_range(self, off, data.len) < 0) {
+    if (model_range(self, off, data.len) < 0 || mapping_check_powered_at(self, off) < 0) {
         PyBuffer_Release(&data);
         return NULL;
     }
@@ -568,7 +568,7 @@ static PyObject *mapping_data_word_u32(MappingObject *self, PyObject *args) {
         PyErr_SetString(PyExc_OverflowError, "value does not fit in 32 bits");
         return NULL;
     }
-    if (mapping_word(self, off, 4) == NULL) return NULL;
+    if (mapping_word(self, off, 4) == NULL || mapping_check_powered_at(self, off) < 0) return NULL;
     return PyLong_FromUnsignedLong(data_word32(self, off, op, (uint32_t)a, (uint32_t)b));
 }
 

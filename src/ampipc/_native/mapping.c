@@ -126,6 +126,22 @@ static int mapping_check_powered(MappingObject *m, PyObject *what) {
     return -1;
 }
 
+/* The same check for one access at `off` of the region (the memory model's Python surface). */
+static int mapping_check_powered_at(MappingObject *m, Py_ssize_t off) {
+    if (__builtin_expect(m->power_off_plus1 == 0, 1)) return 0;
+    if (ld32_acq(m->base + m->power_off_plus1 - 1) == 0) return 0;
+    PyObject *what = PyUnicode_FromFormat("the access at region offset %zd", off);
+    if (what == NULL) return -1;
+    int rc = mapping_check_powered(m, what);
+    Py_DECREF(what);
+    return rc;
+}
+
+static PyObject *mapping_check_power(MappingObject *self, PyObject *what) {
+    if (mapping_check_open(self) < 0 || mapping_check_powered(self, what) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
 static unsigned char *mapping_word(MappingObject *m, Py_ssize_t off, Py_ssize_t width);
 
 static PyObject *mapping_set_power_word(MappingObject *self, PyObject *args) {
@@ -374,6 +390,8 @@ static PyMethodDef mapping_methods[] = {
      "model_set_mpu([(lo, hi, policy), ...]): the MPU's ranges in region offsets, lowest region number first."},
     {"model_lines", (PyCFunction)mapping_model_lines, METH_NOARGS, "The CM7's lines of this region: (offset, dirty, data, fill)."},
     {"model_counters", (PyCFunction)mapping_model_counters, METH_NOARGS, "The CM7 cache's hit/miss/write-back counters."},
+    {"check_power", (PyCFunction)mapping_check_power, METH_O,
+     "check_power(what): raise DomainPoweredDown (naming `what`) while the region's power domain is down."},
     {"set_power_word", (PyCFunction)mapping_set_power_word, METH_VARARGS,
      "set_power_word(offset, domain, memory): buffer operations are refused while the u32 at offset is non-zero."},
     {"load_u32", (PyCFunction)mapping_load_u32, METH_O, "Atomic load (seq_cst) of the u32 at offset."},

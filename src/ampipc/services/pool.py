@@ -375,9 +375,11 @@ class PayloadPool:
         return placement is not None and placement.cache_model
 
     def _loan_view(self, slot: int) -> memoryview:
-        if self._m.model_core is not None and self._cm7_cached():
-            self._slot_view(slot).release()  # the closed check
-            return memoryview(bytearray(self.slot_size))  # staging: the CM7's writes sit in its cache
+        if self._m.model_core is not None:
+            self._m.check_power(f"pool {self.name!r}")  # a core of a chip region: its domain must be up
+            if self._cm7_cached():
+                self._slot_view(slot).release()  # the closed check
+                return memoryview(bytearray(self.slot_size))  # staging: the CM7's writes sit in its cache
         return self._slot_view(slot)
 
     def _accepted_view(self, slot: int, length: int) -> memoryview:
@@ -527,8 +529,10 @@ class PayloadPool:
             DESCRIPTOR_MAGIC, self._nonce, loan.slot, loan.generation, nbytes, len(shape), flags, len(raw_directive),
             dtype.encode("ascii"),
         ) + struct.pack(f"<{len(shape)}Q", *shape) + raw_directive
-        if self._m.model_core is not None and self._cm7_cached():  # the CM7's stores, into its cache
-            self._m.model_write(self._data + loan.slot * self.slot_size, loan.view[:nbytes])
+        if self._m.model_core is not None:
+            self._m.check_power(f"pool {self.name!r}")
+            if self._cm7_cached():  # the CM7's stores, into its cache
+                self._m.model_write(self._data + loan.slot * self.slot_size, loan.view[:nbytes])
         pid, start = self._pid()
         core = self._core
         if core is not None:
