@@ -196,6 +196,7 @@ class Notifier:
         fallback: Callable[[Any], object],
         hsem_taken: int = 0,
         hsem_cores: Sequence[int] = (),
+        line_unwoken: int = -1,
     ) -> None: ...
     @property
     def fallback(self) -> Callable[[Any], object]: ...

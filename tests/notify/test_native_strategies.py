@@ -50,12 +50,16 @@ def _python_dispatch(ipc: Ipc, line: int) -> None:
 
 
 def _protocol_bytes(region: Region) -> bytes:
-    """The region's bytes without the rings' CPU words (a hint of the spin policy only the C half keeps)."""
+    """The region's bytes without the hints only the C half keeps: the rings' CPU words (for the spin
+    policy) and the cores' unwoken-lines words (for its quiet raises)."""
     image = bytearray(region.view)
     for entry in region.objects():
         if entry.kind in (L.KIND_MESSAGE_BUFFER, L.KIND_STREAM_BUFFER):
             for off in (L.RING_OFF_WRITER_CPU, L.RING_OFF_READER_CPU):
                 image[entry.offset + off : entry.offset + off + 4] = bytes(4)
+        if entry.kind == R.HW_KIND:
+            at = entry.offset + R.OFF_LINES_UNWOKEN
+            image[at : at + 4 * R.MAX_CORES] = bytes(4 * R.MAX_CORES)
     return bytes(image)
 
 
@@ -147,3 +151,80 @@ def test_no_task_services_the_line_inside_a_critical_section(region: Region, str
             assert result == [] and cm4.strategy.statistics()["interrupts"] == before
         t.join(TIMEOUT)
         assert result == [b"held"]
+
+
+@pytest.mark.parametrize("strategy", ["toggle", "control"])
+def test_a_data_event_nobody_waits_for_raises_the_line_quietly_and_a_later_waiter_still_wakes(
+    region_name: str, strategy: str
+) -> None:
+    line = StrategyOptions().irq_line
+    bit = 1 << line
+    with _pair(region_name, strategy, StrategyOptions()) as (region, c7, c4):
+        m = region.mapping
+        hw = c7.hardware
+        index = hw.core_info("CM4").index
+        pending = hw._base + R.core_block(index) + R.C_PENDING
+        raised = hw._base + R.core_block(index) + R.C_RAISED
+        unwoken = hw._base + R.OFF_LINES_UNWOKEN + 4 * index
+        assert c7.try_send(0, b"first")  # no reader waits on the CM4's channel 0
+        assert m.load_u32(pending) & bit, "the line is raised all the same"
+        assert m.load_u32(unwoken) & bit, "and marked: nobody was woken for it"
+        count = m.load_u64(raised)
+        assert c7.try_send(1, b"second")  # merges into the pending line
+        assert m.load_u64(raised) == count + 1 and m.load_u32(unwoken) & bit
+        # a reader announces itself on channel 2, as every waiter does, before the event comes
+        waiting = c4._rx[2].offset + L.RING_OFF_RX_WAITING
+        m.store_u32(waiting, 1)
+        assert c7.try_send(2, b"third")
+        assert not m.load_u32(unwoken) & bit, "the merged raise found the mark, so it woke the core"
+        assert m.load_u32(pending) & bit
+        m.store_u32(waiting, 0)
+        _python_dispatch(c4, line)  # the handler runs: every event is acknowledged, nothing is lost
+        assert not m.load_u32(pending) & bit
+        assert [c4.try_receive(c) for c in range(3)] == [b"first", b"second", b"third"]
+        # a Python raise that merges into a quietly raised line wakes too
+        assert c7.try_send(0, b"fourth")
+        assert m.load_u32(unwoken) & bit
+        c7.core.raise_interrupt(line, target="CM4")
+        assert not m.load_u32(unwoken) & bit
+
+
+@pytest.mark.parametrize("strategy", ["toggle", "control"])
+def test_a_selector_waiting_beside_a_busy_channel_gets_every_message(region_name: str, strategy: str) -> None:
+    """Channel 0 is never waited on (its raises are quiet); a thread selects on channel 1 meanwhile."""
+    from ampipc import READABLE, Channel, Selector
+
+    count = 2000
+    with Region.create(region_name, 1 << 20) as region, \
+            Ipc.init(region, channels=2, buffer_size=200, strategy=strategy) as c7, \
+            Ipc.attach(region, core="CM4") as c4:
+        c7.start()
+        c4.start()
+        got: list[bytes] = []
+        failure: list[BaseException] = []
+
+        def selecting() -> None:
+            try:
+                with Selector() as selector:
+                    selector.register(Channel(c4, 1), READABLE)
+                    while len(got) < count:
+                        for _key, _events in selector.select(timeout=TIMEOUT):
+                            message = c4.try_receive(1)
+                            if message is not None:
+                                got.append(message)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                failure.append(exc)
+
+        thread = threading.Thread(target=selecting)
+        thread.start()
+        try:
+            for i in range(count):
+                if i % 2 == 0:  # a quiet raise first: nobody waits on channel 0
+                    c7.send(0, b"busy %d" % i, timeout=TIMEOUT)
+                c7.send(1, b"selected %d" % i, timeout=TIMEOUT)
+                if i % 2 == 0:
+                    assert c4.try_receive(0) == b"busy %d" % i
+        finally:
+            thread.join(TIMEOUT * 4)
+        assert not thread.is_alive() and not failure, failure
+        assert got == [b"selected %d" % i for i in range(count)]

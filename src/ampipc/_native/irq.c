@@ -143,18 +143,34 @@ static PyTypeObject GateType = {
  * core that waits to service the line, or, when none waits, its dispatcher. The waiter count is
  * read after the seq_cst fetch_or and the task stores it before it reads the pending word: one of
  * the two always sees the other. */
-static void raise_line(unsigned char *base, Py_ssize_t pending_off, Py_ssize_t raised_off, uint32_t bit) {
+static void raise_line_for(unsigned char *base, Py_ssize_t pending_off, Py_ssize_t raised_off, uint32_t bit,
+                           const uint32_t *reader_waiting, uint32_t *unwoken) {
+    /* A data event of a strategy line (the strategy owns it) whose buffer has no reader waiting need
+     * not wake anyone: the line is raised and stays pending, marked unwoken *before* it is raised, so
+     * a later event that does need a wake and finds the line pending knows nobody was woken for it.
+     * The next task to block services the pending line first (isr_sleep), any other waiter announces
+     * itself and re-checks the buffer, which holds the data already, and the dispatcher serves the
+     * line at its next poll. Meanwhile further events merge into the pending line: no system call. */
+    int quiet = unwoken != NULL && __atomic_load_n(reader_waiting, __ATOMIC_SEQ_CST) == 0;
+    if (quiet) __atomic_fetch_or(unwoken, bit, __ATOMIC_SEQ_CST);
     uint32_t old = __atomic_fetch_or((uint32_t *)(base + pending_off), bit, __ATOMIC_SEQ_CST);
     __atomic_fetch_add((uint64_t *)(base + raised_off), 1, __ATOMIC_SEQ_CST);
-    if (old & bit) return; /* merged with a pending one, as an NVIC pending bit */
+    if (old & bit) { /* merged with a pending one, as an NVIC pending bit */
+        if (quiet || unwoken == NULL) return;
+        if (!(__atomic_fetch_and(unwoken, ~bit, __ATOMIC_SEQ_CST) & bit)) return; /* its raise woke someone */
+    }
     unsigned char *block = base + pending_off;
     if (__atomic_load_n((uint32_t *)(block + CORE_TASK_WAITERS), __ATOMIC_SEQ_CST) > 0) {
         __atomic_fetch_add((uint32_t *)(block + CORE_TASK_DOORBELL), 1, __ATOMIC_SEQ_CST);
         /* a spinning task sees the line as it leaves its spin: only a sleeping one needs the call */
         if (__atomic_load_n((uint32_t *)(block + CORE_TASK_SLEEPERS), __ATOMIC_SEQ_CST) > 0)
             sys_futex(block + CORE_TASK_DOORBELL, FUTEX_WAKE, 1, NULL);
-    } else
+    } else if (!quiet)
         sys_futex(block + 0, FUTEX_WAKE, INT_MAX, NULL);
+}
+
+static void raise_line(unsigned char *base, Py_ssize_t pending_off, Py_ssize_t raised_off, uint32_t bit) {
+    raise_line_for(base, pending_off, raised_off, bit, NULL, NULL);
 }
 
 /* ---- Notifier ------------------------------------------------------------------------------------ */
@@ -169,6 +185,7 @@ typedef struct {
     RingObject *control;  /* control only: the direction's control buffer */
     unsigned char record[CONTROL_RECORD_SIZE];
     Py_ssize_t line_pending_off, line_raised_off;
+    Py_ssize_t line_unwoken_off; /* toggle, control: the destination core's unwoken-lines word; -1: none */
     uint32_t line_bit;
     CountersObject *counters;
     PyObject *fallback; /* the Python hook this stands for */
@@ -190,15 +207,15 @@ static Py_ssize_t checked_word(MappingObject *m, Py_ssize_t off, Py_ssize_t widt
 static int notifier_init(NotifierObject *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"strategy", "event", "mapping", "word", "acked", "bit", "control", "record",
                              "line_pending", "line_raised", "line", "counters", "fallback", "hsem_taken",
-                             "hsem_cores", NULL};
+                             "hsem_cores", "line_unwoken", NULL};
     int strategy, event, line;
     PyObject *mapping, *control, *counters, *fallback, *cores = NULL;
-    Py_ssize_t word, acked, pending, raised;
+    Py_ssize_t word, acked, pending, raised, unwoken = -1;
     unsigned long bit, taken = 0;
     Py_buffer record;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiO!nnkOy*nniO!O|kO", kwlist, &strategy, &event, &MappingType,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiO!nnkOy*nniO!O|kOn", kwlist, &strategy, &event, &MappingType,
                                      &mapping, &word, &acked, &bit, &control, &record, &pending, &raised, &line,
-                                     &CountersType, &counters, &fallback, &taken, &cores))
+                                     &CountersType, &counters, &fallback, &taken, &cores, &unwoken))
         return -1;
     MappingObject *m = (MappingObject *)mapping;
     if (strategy == STRATEGY_HSEM) {
@@ -246,8 +263,11 @@ static int notifier_init(NotifierObject *self, PyObject *args, PyObject *kwds) {
     PyBuffer_Release(&record);
     if (mapping_check_open(m) < 0 || checked_word(m, word, 4, "word") < 0 ||
         (strategy == STRATEGY_TOGGLE && checked_word(m, acked, 4, "acked") < 0) ||
-        checked_word(m, pending, 64, "line pending") < 0 || checked_word(m, raised, 8, "line raised") < 0)
+        checked_word(m, pending, 64, "line pending") < 0 || checked_word(m, raised, 8, "line raised") < 0 ||
+        (unwoken != -1 && (strategy == STRATEGY_HSEM || checked_word(m, unwoken, 4, "line unwoken") < 0))) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "Notifier: the HSEM line is shared: no line_unwoken");
         return -1;
+    }
     self->strategy = strategy;
     self->event = event;
     Py_XSETREF(self->mapping, (MappingObject *)Py_NewRef(mapping));
@@ -257,6 +277,7 @@ static int notifier_init(NotifierObject *self, PyObject *args, PyObject *kwds) {
     Py_XSETREF(self->control, strategy == STRATEGY_CONTROL ? (RingObject *)Py_NewRef(control) : NULL);
     self->line_pending_off = pending;
     self->line_raised_off = raised;
+    self->line_unwoken_off = unwoken;
     self->line_bit = 1u << line;
     Py_XSETREF(self->counters, (CountersObject *)Py_NewRef(counters));
     Py_XSETREF(self->fallback, Py_NewRef(fallback));
@@ -347,7 +368,10 @@ static void notifier_run(NotifierObject *n, RingObject *data) {
     count(&n->counters->raised);
     count(&n->counters->doorbells);
     ring_note_cpu(data, n->event == EVENT_DATA_SENT ? ROLE_WRITER : ROLE_READER);
-    raise_line(base, n->line_pending_off, n->line_raised_off, n->line_bit);
+    int quiet_ok = n->event == EVENT_DATA_SENT && n->line_unwoken_off >= 0;
+    raise_line_for(base, n->line_pending_off, n->line_raised_off, n->line_bit,
+                   (const uint32_t *)(ring_hdr(data) + OFF_RX_WAITING),
+                   quiet_ok ? (uint32_t *)(base + n->line_unwoken_off) : NULL);
 }
 
 static PyObject *notifier_call(NotifierObject *n, PyObject *args, PyObject *kwds) {

@@ -68,6 +68,11 @@ OFF_LINES = 12
 OFF_KEYR = 16
 OFF_BOOT_STATE = 20
 OFF_BOOT_COUNT = 24
+# One u32 per core (index i at OFF_LINES_UNWOKEN + 4 * i): lines raised *quietly* by a C strategy
+# hook, without waking anyone, because the buffer of the event had no reader waiting. Set by the
+# raiser before it raises the line; a later raise that needs a wake and finds the line pending
+# clears the bit and wakes (ampipc._native irq.c raise_line_for). A stale bit costs one spare wake.
+OFF_LINES_UNWOKEN = 32
 
 OFF_CORE_TABLE = 64
 CORE_ENTRY = struct.Struct("<24sII")

@@ -301,10 +301,12 @@ class Hardware:
     def _raise_line(self, index: int, line: int) -> None:
         block = self._base + R.core_block(index)
         bit = 1 << line
-        old = self._mapping.fetch_or_u32(block + R.C_PENDING, bit)
-        self._mapping.fetch_add_u64(block + R.C_RAISED, 1)
-        if not old & bit:
-            self._mapping.futex_wake(block + R.C_PENDING)
+        m = self._mapping
+        old = m.fetch_or_u32(block + R.C_PENDING, bit)
+        m.fetch_add_u64(block + R.C_RAISED, 1)
+        # merged with a pending line: wake only if that line was raised quietly (nobody woken for it)
+        if not old & bit or m.fetch_and_u32(self._base + R.OFF_LINES_UNWOKEN + 4 * index, ~bit & R.WORD_MASK) & bit:
+            m.futex_wake(block + R.C_PENDING)
 
     def _hsem_freed(self, mask: int) -> None:
         """A free event for the semaphores in `mask`: status on every core, interrupt where enabled."""

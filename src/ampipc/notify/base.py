@@ -313,6 +313,13 @@ class Strategy(ABC):
         block = hw._base + R.core_block(hw.core_info(core).index)
         return block + R.C_PENDING, block + R.C_RAISED, block + R.C_HANDLED
 
+    def _line_unwoken(self, core: str) -> int:
+        """Offset of `core`'s unwoken-lines word (lines a C hook raised without waking anyone)."""
+        from ..hw import _regs as R
+
+        hw = self.core.hardware
+        return hw._base + R.OFF_LINES_UNWOKEN + 4 * hw.core_info(core).index
+
     # ---- helpers for the implementations -------------------------------------------------------
 
     def _outgoing(self) -> Iterator[tuple[DataBuffer, EventKind]]:

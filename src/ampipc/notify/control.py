@@ -181,6 +181,7 @@ class ControlStrategy(Strategy):
                 strategy=2, event=kind.value, mapping=m, word=pending_off, acked=0, bit=bit, control=self.control[d],
                 record=record, line_pending=line_pending, line_raised=line_raised, line=self.options.irq_line,
                 counters=self.native_counters, fallback=partial(self._raise_event, d, pending_off, bit, record),
+                line_unwoken=self._line_unwoken(d[1]),
             )
             self._set_hook(b.buffer, kind, hook)
         self._install_task_isr()

@@ -149,7 +149,7 @@ class ToggleStrategy(Strategy):
             hook = _native.Notifier(
                 strategy=1, event=kind.value, mapping=m, word=sent_off, acked=acked_off, bit=bit, control=None,
                 record=bytes(8), line_pending=pending, line_raised=raised, line=line, counters=self.native_counters,
-                fallback=partial(self._raise_event, sent_off, acked_off, bit, d[1]),
+                fallback=partial(self._raise_event, sent_off, acked_off, bit, d[1]), line_unwoken=self._line_unwoken(d[1]),
             )
             self._set_hook(b.buffer, kind, hook)
         self._install_task_isr()
