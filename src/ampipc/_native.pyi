@@ -197,6 +197,7 @@ class Notifier:
         hsem_taken: int = 0,
         hsem_cores: Sequence[int] = (),
         line_unwoken: int = -1,
+        hsem_unwoken: Sequence[int] | None = None,
     ) -> None: ...
     @property
     def fallback(self) -> Callable[[Any], object]: ...

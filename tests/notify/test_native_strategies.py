@@ -153,11 +153,11 @@ def test_no_task_services_the_line_inside_a_critical_section(region: Region, str
         assert result == [b"held"]
 
 
-@pytest.mark.parametrize("strategy", ["toggle", "control"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
 def test_a_data_event_nobody_waits_for_raises_the_line_quietly_and_a_later_waiter_still_wakes(
     region_name: str, strategy: str
 ) -> None:
-    line = StrategyOptions().irq_line
+    line = R.IRQ_HSEM if strategy == "hsem" else StrategyOptions().irq_line
     bit = 1 << line
     with _pair(region_name, strategy, StrategyOptions()) as (region, c7, c4):
         m = region.mapping
@@ -189,7 +189,7 @@ def test_a_data_event_nobody_waits_for_raises_the_line_quietly_and_a_later_waite
         assert not m.load_u32(unwoken) & bit
 
 
-@pytest.mark.parametrize("strategy", ["toggle", "control"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
 def test_a_selector_waiting_beside_a_busy_channel_gets_every_message(region_name: str, strategy: str) -> None:
     """Channel 0 is never waited on (its raises are quiet); a thread selects on channel 1 meanwhile."""
     from ampipc import READABLE, Channel, Selector

@@ -193,6 +193,7 @@ typedef struct {
     Py_ssize_t r_off;
     uint32_t r_taken;
     Py_ssize_t core_blocks[HSEM_MAX_CORES];
+    Py_ssize_t core_unwoken[HSEM_MAX_CORES]; /* each core's unwoken-lines word; -1: raise loudly */
     int ncores;
 } NotifierObject;
 
@@ -207,15 +208,15 @@ static Py_ssize_t checked_word(MappingObject *m, Py_ssize_t off, Py_ssize_t widt
 static int notifier_init(NotifierObject *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"strategy", "event", "mapping", "word", "acked", "bit", "control", "record",
                              "line_pending", "line_raised", "line", "counters", "fallback", "hsem_taken",
-                             "hsem_cores", "line_unwoken", NULL};
+                             "hsem_cores", "line_unwoken", "hsem_unwoken", NULL};
     int strategy, event, line;
-    PyObject *mapping, *control, *counters, *fallback, *cores = NULL;
+    PyObject *mapping, *control, *counters, *fallback, *cores = NULL, *cores_unwoken = NULL;
     Py_ssize_t word, acked, pending, raised, unwoken = -1;
     unsigned long bit, taken = 0;
     Py_buffer record;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiO!nnkOy*nniO!O|kOn", kwlist, &strategy, &event, &MappingType,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiO!nnkOy*nniO!O|kOnO", kwlist, &strategy, &event, &MappingType,
                                      &mapping, &word, &acked, &bit, &control, &record, &pending, &raised, &line,
-                                     &CountersType, &counters, &fallback, &taken, &cores, &unwoken))
+                                     &CountersType, &counters, &fallback, &taken, &cores, &unwoken, &cores_unwoken))
         return -1;
     MappingObject *m = (MappingObject *)mapping;
     if (strategy == STRATEGY_HSEM) {
@@ -241,9 +242,29 @@ static int notifier_init(NotifierObject *self, PyObject *args, PyObject *kwds) {
                 return -1;
             }
             self->core_blocks[i] = off;
+            self->core_unwoken[i] = -1;
         }
         self->ncores = (int)n;
         Py_DECREF(seq);
+        if (cores_unwoken != NULL && cores_unwoken != Py_None) { /* parallel to hsem_cores */
+            seq = PySequence_Fast(cores_unwoken, "hsem_unwoken must be a sequence of word offsets");
+            if (seq == NULL || PySequence_Fast_GET_SIZE(seq) != n) {
+                if (seq != NULL) PyErr_SetString(PyExc_ValueError, "hsem_unwoken must name one word per core");
+                Py_XDECREF(seq);
+                PyBuffer_Release(&record);
+                return -1;
+            }
+            for (Py_ssize_t i = 0; i < n; i++) {
+                Py_ssize_t off = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(seq, i));
+                if ((off == -1 && PyErr_Occurred()) || checked_word(m, off, 4, "core unwoken") < 0) {
+                    Py_DECREF(seq);
+                    PyBuffer_Release(&record);
+                    return -1;
+                }
+                self->core_unwoken[i] = off;
+            }
+            Py_DECREF(seq);
+        }
         self->r_off = word;
         self->r_taken = (uint32_t)taken;
         acked = 0;
@@ -265,7 +286,7 @@ static int notifier_init(NotifierObject *self, PyObject *args, PyObject *kwds) {
         (strategy == STRATEGY_TOGGLE && checked_word(m, acked, 4, "acked") < 0) ||
         checked_word(m, pending, 64, "line pending") < 0 || checked_word(m, raised, 8, "line raised") < 0 ||
         (unwoken != -1 && (strategy == STRATEGY_HSEM || checked_word(m, unwoken, 4, "line unwoken") < 0))) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "Notifier: the HSEM line is shared: no line_unwoken");
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "Notifier: hsem takes hsem_unwoken, one word per core");
         return -1;
     }
     self->strategy = strategy;
@@ -347,7 +368,10 @@ static void notifier_run(NotifierObject *n, RingObject *data) {
             __atomic_fetch_or((uint32_t *)(block + CORE_HSEM_ISR), n->bit, __ATOMIC_SEQ_CST);
             if (__atomic_load_n((uint32_t *)(block + CORE_HSEM_IER), __ATOMIC_SEQ_CST) & n->bit) {
                 count(&n->counters->doorbells);
-                raise_line(base, n->core_blocks[i], n->core_blocks[i] + CORE_RAISED, IRQ_HSEM_BIT);
+                raise_line_for(base, n->core_blocks[i], n->core_blocks[i] + CORE_RAISED, IRQ_HSEM_BIT,
+                               (const uint32_t *)(ring_hdr(data) + OFF_RX_WAITING),
+                               n->event == EVENT_DATA_SENT && n->core_unwoken[i] >= 0
+                                   ? (uint32_t *)(base + n->core_unwoken[i]) : NULL);
             }
         }
         count(&n->counters->raised);

@@ -88,6 +88,7 @@ class HsemStrategy(Strategy):
         hsem = self.core.hsem
         hw = self.core.hardware
         blocks = [hw._base + R.core_block(info.index) for info in hw.cores]
+        unwoken = [hw._base + R.OFF_LINES_UNWOKEN + 4 * info.index for info in hw.cores]
         taken = R.r_value(self.core.core_id, 0)
         for b, kind in self._outgoing():
             sem = self.ids[(b.buffer_id, kind)]
@@ -96,7 +97,7 @@ class HsemStrategy(Strategy):
                 strategy=3, event=kind.value, mapping=self.region.mapping, word=hw._base + R.hsem_r_offset(sem),
                 acked=0, bit=1 << sem, control=None, record=bytes(8), line_pending=pending, line_raised=raised,
                 line=R.IRQ_HSEM, counters=self.native_counters, fallback=partial(self._ring, sem),
-                hsem_taken=taken, hsem_cores=blocks,
+                hsem_taken=taken, hsem_cores=blocks, hsem_unwoken=unwoken,
             )
             self._set_hook(b.buffer, kind, hook)
         me = hw._base + R.core_block(self.core.index)
