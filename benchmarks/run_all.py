@@ -43,6 +43,7 @@ OTHER_MODULES = (
     ("Zenoh bridge against Zenoh's own pub->sub", "benchmarks.bench_bridge"),
     ("payload pool, descriptors and DMA", "benchmarks.bench_payload"),
     ("remote calls (ampipc.services) against raw buffers and multiprocessing", "benchmarks.bench_services"),
+    ("the chip memory model (ampipc.hw.memory / cache) against a plain region", "benchmarks.bench_cache"),
 )
 
 
