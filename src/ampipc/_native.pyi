@@ -217,5 +217,6 @@ class TaskIsr:
         handled: int,
         line: int,
         table: Sequence[Any],
+        unwoken: int = -1,
     ) -> None: ...
     def __call__(self) -> bool: ...

@@ -148,6 +148,8 @@ static void raise_line_for(unsigned char *base, Py_ssize_t pending_off, Py_ssize
     /* A data event of a strategy line (the strategy owns it) whose buffer has no reader waiting need
      * not wake anyone: the line is raised and stays pending, marked unwoken *before* it is raised, so
      * a later event that does need a wake and finds the line pending knows nobody was woken for it.
+     * The mark is cleared only by whoever takes the pending line (isr_service, the dispatcher), and
+     * before it takes it: a marked line is never left pending unmarked.
      * The next task to block services the pending line first (isr_sleep), any other waiter announces
      * itself and re-checks the buffer, which holds the data already, and the dispatcher serves the
      * line at its next poll. Meanwhile further events merge into the pending line: no system call. */
@@ -157,7 +159,7 @@ static void raise_line_for(unsigned char *base, Py_ssize_t pending_off, Py_ssize
     __atomic_fetch_add((uint64_t *)(base + raised_off), 1, __ATOMIC_SEQ_CST);
     if (old & bit) { /* merged with a pending one, as an NVIC pending bit */
         if (quiet || unwoken == NULL) return;
-        if (!(__atomic_fetch_and(unwoken, ~bit, __ATOMIC_SEQ_CST) & bit)) return; /* its raise woke someone */
+        if (!(__atomic_load_n(unwoken, __ATOMIC_SEQ_CST) & bit)) return; /* its raise woke someone */
     }
     unsigned char *block = base + pending_off;
     if (__atomic_load_n((uint32_t *)(block + CORE_TASK_WAITERS), __ATOMIC_SEQ_CST) > 0) {
@@ -327,6 +329,18 @@ static int control_has_room(RingObject *cb) {
     return st_spaces(&s) >= CONTROL_RECORD_SIZE + cb->prefix;
 }
 
+/* A data event merged into one still pending. If that one was raised quietly and the reader now
+ * waits, the wake its raise skipped is due: raise the line again (it merges and finds the mark). */
+static void notifier_coalesced(NotifierObject *n, RingObject *data) {
+    if (n->event != EVENT_DATA_SENT || n->line_unwoken_off < 0) return;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    const uint32_t *waiting = (const uint32_t *)(ring_hdr(data) + OFF_RX_WAITING);
+    if (__atomic_load_n(waiting, __ATOMIC_SEQ_CST) == 0) return;
+    unsigned char *base = n->mapping->base;
+    raise_line_for(base, n->line_pending_off, n->line_raised_off, n->line_bit, waiting,
+                   (uint32_t *)(base + n->line_unwoken_off));
+}
+
 /* Called by the ring with the GIL held, in place of the Python hook. */
 static void notifier_run(NotifierObject *n, RingObject *data) {
     unsigned char *base = n->mapping->base;
@@ -344,6 +358,7 @@ static void notifier_run(NotifierObject *n, RingObject *data) {
             uint32_t acked = data_word32(m, n->acked_off, WORD_LOAD, 0, 0);
             if ((value ^ acked) & n->bit) {
                 count(&n->counters->coalesced);
+                notifier_coalesced(n, data);
                 return;
             }
             uint32_t found = data_word32(m, n->word_off, WORD_CAS, value, value ^ n->bit);
@@ -385,6 +400,7 @@ static void notifier_run(NotifierObject *n, RingObject *data) {
         }
         if (data_word32(n->mapping, n->word_off, WORD_OR, n->bit, 0) & n->bit) {
             count(&n->counters->coalesced);
+            notifier_coalesced(n, data);
             return;
         }
         control_write_record(n->control, n->record);
@@ -486,6 +502,7 @@ typedef struct {
     GateObject *gate;
     CountersObject *counters;
     Py_ssize_t pending_off, handled_off; /* this core's pending-lines word and handled counter */
+    Py_ssize_t unwoken_off;              /* this core's unwoken-lines word (-1: none) */
     uint32_t line_bit;
     Py_ssize_t nwords, nevents, ndirections;
     isr_word *words;
@@ -515,16 +532,16 @@ static int isr_keep(TaskIsrObject *isr, PyObject *ring, int event, isr_target *t
  *   control table: [(control_ring, flag_off, [(buffer_id, kind, pending_off, bit, ring, event), ...]), ...]
  *   hsem table:    (ier_off, isr_off, [(semaphore, ring, event), ...]) */
 static int isr_init(TaskIsrObject *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"strategy", "mapping", "gate", "counters", "pending", "handled", "line", "table", NULL};
+    static char *kwlist[] = {"strategy", "mapping", "gate", "counters", "pending", "handled", "line", "table", "unwoken", NULL};
     int strategy, line;
     PyObject *mapping, *gate, *counters, *table;
-    Py_ssize_t pending, handled;
+    Py_ssize_t pending, handled, unwoken = -1;
     if (self->mapping != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "TaskIsr is already initialised");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iO!O!O!nniO", kwlist, &strategy, &MappingType, &mapping, &GateType,
-                                     &gate, &CountersType, &counters, &pending, &handled, &line, &table))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iO!O!O!nniO|n", kwlist, &strategy, &MappingType, &mapping, &GateType,
+                                     &gate, &CountersType, &counters, &pending, &handled, &line, &table, &unwoken))
         return -1;
     MappingObject *m = (MappingObject *)mapping;
     if ((strategy != STRATEGY_TOGGLE && strategy != STRATEGY_CONTROL && strategy != STRATEGY_HSEM) || line < 0 ||
@@ -533,8 +550,9 @@ static int isr_init(TaskIsrObject *self, PyObject *args, PyObject *kwds) {
         return -1;
     }
     if (mapping_check_open(m) < 0 || checked_word(m, pending, 64, "pending") < 0 ||
-        checked_word(m, handled, 8, "handled") < 0)
+        checked_word(m, handled, 8, "handled") < 0 || (unwoken != -1 && checked_word(m, unwoken, 4, "unwoken") < 0))
         return -1;
+    self->unwoken_off = unwoken;
     self->strategy = strategy;
     self->mapping = (MappingObject *)Py_NewRef(mapping);
     self->gate = (GateObject *)Py_NewRef(gate);
@@ -762,6 +780,8 @@ static int isr_service(TaskIsrObject *isr, RingObject *self, int self_role) {
                 gate_end_service(isr->gate); /* an overflow: the recovery is the Python handler's */
                 return 0;
             }
+    if (isr->unwoken_off >= 0) /* the mark goes before the line is taken (raise_line_for) */
+        __atomic_fetch_and((uint32_t *)(base + isr->unwoken_off), ~isr->line_bit, __ATOMIC_SEQ_CST);
     uint32_t old = __atomic_fetch_and((uint32_t *)(base + isr->pending_off), ~isr->line_bit, __ATOMIC_SEQ_CST);
     if (!(old & isr->line_bit)) {
         gate_end_service(isr->gate);

@@ -50,7 +50,7 @@ from __future__ import annotations
 import struct
 
 HW_MAGIC = 0x57484D41
-HW_VERSION = 1
+HW_VERSION = 2  # 2: the unwoken-lines words (OFF_LINES_UNWOKEN)
 HW_KIND = "hw"
 
 MAX_CORES = 8

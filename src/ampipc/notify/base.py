@@ -313,6 +313,12 @@ class Strategy(ABC):
         block = hw._base + R.core_block(hw.core_info(core).index)
         return block + R.C_PENDING, block + R.C_RAISED, block + R.C_HANDLED
 
+    def _reader_waits(self, buffer: AnyBuffer) -> bool:
+        """Whether `buffer`'s reader announced that it waits (the C hooks' coalesced-event check)."""
+        from .. import _layout as L
+
+        return self.region.mapping.load_u32(buffer.offset + L.RING_OFF_RX_WAITING) != 0
+
     def _line_unwoken(self, core: str) -> int:
         """Offset of `core`'s unwoken-lines word (lines a C hook raised without waking anyone)."""
         from ..hw import _regs as R

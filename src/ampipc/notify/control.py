@@ -204,7 +204,7 @@ class ControlStrategy(Strategy):
         pending, _, handled = self._line_words(me)
         isr = _native.TaskIsr(
             strategy=2, mapping=self.region.mapping, gate=self.core._gate, counters=self.native_counters,
-            pending=pending, handled=handled, line=self.options.irq_line, table=table,
+            pending=pending, handled=handled, line=self.options.irq_line, table=table, unwoken=self._line_unwoken(me),
         )
         self._task_isr = isr
         for b, _kind in self._incoming():
@@ -232,6 +232,8 @@ class ControlStrategy(Strategy):
         # fetch_or is a full barrier: the data is visible before the destination can clear the bit
         if m.data_word_u32(pending_off, WORD_OR, bit) & bit:  # firmware data: through the chip model if any
             self.counters.events_coalesced += 1
+            if decode_record(record)[1] is EventKind.DATA_SENT and self._reader_waits(_buffer):  # raised quietly by C?
+                self.core.raise_interrupt(self.options.irq_line, target=d[1])
             return
         with self._writer_lock:
             written = self.control[d].try_send(record)

@@ -106,6 +106,7 @@ class HsemStrategy(Strategy):
             pending=me + R.C_PENDING, handled=me + R.C_HANDLED, line=R.IRQ_HSEM,
             table=(me + R.C_HSEM_IER, me + R.C_HSEM_ISR,
                    [(self.ids[(b.buffer_id, kind)], b.buffer, kind.value) for b, kind in self._incoming()]),
+            unwoken=hw._base + R.OFF_LINES_UNWOKEN + 4 * self.core.index,
         )
         self._task_isr = isr
         for b, _kind in self._incoming():

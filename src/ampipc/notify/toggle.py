@@ -38,6 +38,7 @@ from .base import (
     WORD_XOR,
     AnyBuffer,
     EndpointSpec,
+    EventKind,
     EventMap,
     Strategy,
     StrategyOptions,
@@ -149,7 +150,7 @@ class ToggleStrategy(Strategy):
             hook = _native.Notifier(
                 strategy=1, event=kind.value, mapping=m, word=sent_off, acked=acked_off, bit=bit, control=None,
                 record=bytes(8), line_pending=pending, line_raised=raised, line=line, counters=self.native_counters,
-                fallback=partial(self._raise_event, sent_off, acked_off, bit, d[1]), line_unwoken=self._line_unwoken(d[1]),
+                fallback=partial(self._raise_event, sent_off, acked_off, bit, d[1], kind), line_unwoken=self._line_unwoken(d[1]),
             )
             self._set_hook(b.buffer, kind, hook)
         self._install_task_isr()
@@ -180,7 +181,7 @@ class ToggleStrategy(Strategy):
         pending, _, handled = self._line_words(me)
         isr = _native.TaskIsr(
             strategy=1, mapping=self.region.mapping, gate=self.core._gate, counters=self.native_counters,
-            pending=pending, handled=handled, line=self.options.irq_line, table=table,
+            pending=pending, handled=handled, line=self.options.irq_line, table=table, unwoken=self._line_unwoken(me),
         )
         self._task_isr = isr
         for b, _kind in self._incoming():
@@ -189,13 +190,17 @@ class ToggleStrategy(Strategy):
     def _release_interrupt(self) -> None:
         self.core.detach_handler(self.options.irq_line)
 
-    def _raise_event(self, sent_off: int, acked_off: int, bit: int, destination: str, _buffer: AnyBuffer) -> None:
+    def _raise_event(
+        self, sent_off: int, acked_off: int, bit: int, destination: str, kind: EventKind, _buffer: AnyBuffer
+    ) -> None:
         shared = self.region.mapping.data_word_u32  # firmware data: through the chip model if one is attached
         sent = shared(sent_off, WORD_OR, 0)
         while True:
             new = raise_value(sent, shared(acked_off, WORD_LOAD), bit)
             if new is None:
                 self.counters.events_coalesced += 1
+                if kind is EventKind.DATA_SENT and self._reader_waits(_buffer):  # raised quietly by C, maybe
+                    self.core.raise_interrupt(self.options.irq_line, target=destination)
                 return
             found = shared(sent_off, WORD_CAS, sent, new)
             if found == sent:

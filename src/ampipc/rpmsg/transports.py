@@ -720,7 +720,7 @@ class RegionTransport(_Opened[Doorbell]):
             w.put_u32(_OFF_POOL, pool)
             w.put_u32(_OFF_POOL_SIZE, pool_size)
             w.put_u32(_OFF_BUFFER_SIZE, self.buffer_size)
-            w.put_u32(_OFF_ENDPOINTS, pool + pool_size)
+            self._host_window.put_u32(_OFF_ENDPOINTS, pool + pool_size)  # for tools: host memory
             w.write(_RSC_AT, demo_table(vring0, vring1, self.num, self.align))
             w.store_word(_OFF_MAGIC, _RT_MAGIC)
         else:

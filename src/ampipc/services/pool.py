@@ -374,12 +374,15 @@ class PayloadPool:
         placement = self.region.placement
         return placement is not None and placement.cache_model
 
-    def _loan_view(self, slot: int) -> memoryview:
+    def _check_power(self) -> None:
+        """A core of a chip region reaches the pool only while its memory's domain is up (before any claim)."""
         if self._m.model_core is not None:
-            self._m.check_power(f"pool {self.name!r}")  # a core of a chip region: its domain must be up
-            if self._cm7_cached():
-                self._slot_view(slot).release()  # the closed check
-                return memoryview(bytearray(self.slot_size))  # staging: the CM7's writes sit in its cache
+            self._m.check_power(f"pool {self.name!r}")
+
+    def _loan_view(self, slot: int) -> memoryview:
+        if self._m.model_core is not None and self._cm7_cached():
+            self._slot_view(slot).release()  # the closed check
+            return memoryview(bytearray(self.slot_size))  # staging: the CM7's writes sit in its cache
         return self._slot_view(slot)
 
     def _accepted_view(self, slot: int, length: int) -> memoryview:
@@ -387,7 +390,11 @@ class PayloadPool:
         if self._m.model_core is None:
             return view
         start = self._data + slot * self.slot_size
-        seen = self._m.model_read(start, length)  # CM7: through its cache; CM4: checked against its dirty bytes
+        try:
+            seen = self._m.model_read(start, length)  # CM7: through its cache; CM4: checked against its dirty bytes
+        except BaseException:
+            _drop_view(view)
+            raise
         if self._cm7_cached():
             _drop_view(view)
             return memoryview(seen)
@@ -437,6 +444,7 @@ class PayloadPool:
     def try_loan(self) -> Loan | None:
         """A free slot now, or None."""
         self._check_open()
+        self._check_power()
         pid, start = self._pid()
         if self._core is not None:
             got = self._core.try_loan(pid, start)
@@ -529,10 +537,9 @@ class PayloadPool:
             DESCRIPTOR_MAGIC, self._nonce, loan.slot, loan.generation, nbytes, len(shape), flags, len(raw_directive),
             dtype.encode("ascii"),
         ) + struct.pack(f"<{len(shape)}Q", *shape) + raw_directive
-        if self._m.model_core is not None:
-            self._m.check_power(f"pool {self.name!r}")
-            if self._cm7_cached():  # the CM7's stores, into its cache
-                self._m.model_write(self._data + loan.slot * self.slot_size, loan.view[:nbytes])
+        self._check_power()
+        if self._m.model_core is not None and self._cm7_cached():  # the CM7's stores, into its cache
+            self._m.model_write(self._data + loan.slot * self.slot_size, loan.view[:nbytes])
         pid, start = self._pid()
         core = self._core
         if core is not None:
@@ -617,6 +624,7 @@ class PayloadPool:
     def accept(self, descriptor: bytes | bytearray | memoryview) -> Payload:
         """Take the slot a received descriptor names; `StaleDescriptor` / `ForgedDescriptor` if it is not valid now."""
         self._check_open()
+        self._check_power()
         if self._core is None:
             return self._accept(descriptor)
         pid, start = self._pid()
@@ -634,7 +642,12 @@ class PayloadPool:
         except ProtocolError as exc:
             self._core.unaccept(slot, gen, pid)
             raise exc if isinstance(exc, ForgedDescriptor) else ForgedDescriptor(str(exc)) from None
-        payload = Payload(self, slot, gen, length, dtype, shape, directive, self._accepted_view(slot, length))
+        try:
+            view = self._accepted_view(slot, length)
+        except BaseException:
+            self._core.unaccept(slot, gen, pid)  # the slot goes back to committed: nothing is lost
+            raise
+        payload = Payload(self, slot, gen, length, dtype, shape, directive, view)
         self._mine[slot] = payload
         return payload
 
@@ -658,8 +671,14 @@ class PayloadPool:
         if m.cas_u64(entry + E_CONTROL, word, _word(gen, HELD, pid)) != word:
             raise StaleDescriptor(f"slot {slot} of pool {self.name!r} was taken meanwhile (generation {gen})")
         m.store_u64(entry + E_START, start)
+        try:
+            view = self._accepted_view(slot, length)
+        except BaseException:
+            m.store_u64(entry + E_START, 0)
+            m.cas_u64(entry + E_CONTROL, _word(gen, HELD, pid), word)  # back to committed: nothing is lost
+            raise
         m.fetch_add_u64(self._base + OFF_ACCEPTS, 1)
-        payload = Payload(self, slot, gen, length, dtype, shape, directive, self._accepted_view(slot, length))
+        payload = Payload(self, slot, gen, length, dtype, shape, directive, view)
         with self._lock:
             self._mine[slot] = payload
         return payload
