@@ -491,6 +491,17 @@ class _Child:
         return f"exited with status {os.WEXITSTATUS(self.status)}"
 
 
+def _sweep_segments(prefix: str) -> None:
+    """Unlink every segment of a campaign's runs (names `prefix` + "." or "-" + ...)."""
+    try:
+        names = os.listdir(SHM_DIR)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if name.startswith((prefix + ".", prefix + "-")):
+            _unlink_segment(name)
+
+
 def _unlink_segment(name: str) -> None:
     try:
         os.unlink(os.path.join(SHM_DIR, name))
@@ -830,6 +841,9 @@ def run_campaign(
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
+        # Every run unlinks its own segment, but an interrupt that lands as a run's cleanup begins
+        # can cut it short: once every driver is gone, nothing of this campaign's may be left.
+        _sweep_segments(prefix)
         for s, handler in previous.items():
             signal.signal(s, handler)
         summary.seconds = time.monotonic() - started
