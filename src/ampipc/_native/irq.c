@@ -207,6 +207,29 @@ static Py_ssize_t checked_word(MappingObject *m, Py_ssize_t off, Py_ssize_t widt
     return off;
 }
 
+/* Up to HSEM_MAX_CORES offsets from a sequence, each checked as a `width`-byte word of the mapping.
+ * Returns how many, or -1 with an exception set. */
+static Py_ssize_t offsets_of(MappingObject *m, PyObject *obj, Py_ssize_t *out, Py_ssize_t width, const char *what) {
+    PyObject *seq = PySequence_Fast(obj, "expected a sequence of word offsets");
+    if (seq == NULL) return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n > HSEM_MAX_CORES) {
+        Py_DECREF(seq);
+        PyErr_Format(PyExc_ValueError, "at most %d %s offsets", HSEM_MAX_CORES, what);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t off = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(seq, i));
+        if ((off == -1 && PyErr_Occurred()) || checked_word(m, off, width, what) < 0) {
+            Py_DECREF(seq);
+            return -1;
+        }
+        out[i] = off;
+    }
+    Py_DECREF(seq);
+    return n;
+}
+
 static int notifier_init(NotifierObject *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"strategy", "event", "mapping", "word", "acked", "bit", "control", "record",
                              "line_pending", "line_raised", "line", "counters", "fallback", "hsem_taken",
@@ -222,51 +245,25 @@ static int notifier_init(NotifierObject *self, PyObject *args, PyObject *kwds) {
         return -1;
     MappingObject *m = (MappingObject *)mapping;
     if (strategy == STRATEGY_HSEM) {
-        /* word: the R register; bit: the semaphore's bit; hsem_cores: every core's block offset */
-        PyObject *seq = cores ? PySequence_Fast(cores, "hsem_cores must be a sequence of core block offsets") : NULL;
-        if (seq == NULL) {
+        /* word: the R register; bit: the semaphore's bit; hsem_cores: every core's block offset;
+         * hsem_unwoken (optional): each of those cores' unwoken-lines word, in the same order */
+        Py_ssize_t n = cores == NULL ? -1 : offsets_of(m, cores, self->core_blocks, 64, "core block");
+        if (n >= 0 && (n < 1 || taken == 0 || taken > 0xFFFFFFFFul)) {
+            PyErr_SetString(PyExc_ValueError, "the hsem Notifier needs 1..8 cores and a FastTake value");
+            n = -1;
+        }
+        for (Py_ssize_t i = 0; n > 0 && i < n; i++) self->core_unwoken[i] = -1;
+        if (n > 0 && cores_unwoken != NULL && cores_unwoken != Py_None &&
+            offsets_of(m, cores_unwoken, self->core_unwoken, 4, "core unwoken") != n) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "hsem_unwoken must name one word per core");
+            n = -1;
+        }
+        if (n < 0) {
             if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "the hsem Notifier needs hsem_cores");
             PyBuffer_Release(&record);
             return -1;
         }
-        Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-        if (n < 1 || n > HSEM_MAX_CORES || taken == 0 || taken > 0xFFFFFFFFul) {
-            Py_DECREF(seq);
-            PyBuffer_Release(&record);
-            PyErr_SetString(PyExc_ValueError, "the hsem Notifier needs 1..8 cores and a FastTake value");
-            return -1;
-        }
-        for (Py_ssize_t i = 0; i < n; i++) {
-            Py_ssize_t off = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(seq, i));
-            if ((off == -1 && PyErr_Occurred()) || checked_word(m, off, 64, "core block") < 0) {
-                Py_DECREF(seq);
-                PyBuffer_Release(&record);
-                return -1;
-            }
-            self->core_blocks[i] = off;
-            self->core_unwoken[i] = -1;
-        }
         self->ncores = (int)n;
-        Py_DECREF(seq);
-        if (cores_unwoken != NULL && cores_unwoken != Py_None) { /* parallel to hsem_cores */
-            seq = PySequence_Fast(cores_unwoken, "hsem_unwoken must be a sequence of word offsets");
-            if (seq == NULL || PySequence_Fast_GET_SIZE(seq) != n) {
-                if (seq != NULL) PyErr_SetString(PyExc_ValueError, "hsem_unwoken must name one word per core");
-                Py_XDECREF(seq);
-                PyBuffer_Release(&record);
-                return -1;
-            }
-            for (Py_ssize_t i = 0; i < n; i++) {
-                Py_ssize_t off = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(seq, i));
-                if ((off == -1 && PyErr_Occurred()) || checked_word(m, off, 4, "core unwoken") < 0) {
-                    Py_DECREF(seq);
-                    PyBuffer_Release(&record);
-                    return -1;
-                }
-                self->core_unwoken[i] = off;
-            }
-            Py_DECREF(seq);
-        }
         self->r_off = word;
         self->r_taken = (uint32_t)taken;
         acked = 0;
