@@ -165,7 +165,7 @@ def test_a_data_event_nobody_waits_for_raises_the_line_quietly_and_a_later_waite
         index = hw.core_info("CM4").index
         pending = hw._base + R.core_block(index) + R.C_PENDING
         raised = hw._base + R.core_block(index) + R.C_RAISED
-        unwoken = hw._base + R.OFF_LINES_UNWOKEN + 4 * index
+        unwoken = hw._base + R.lines_unwoken(index)
         assert c7.try_send(0, b"first")  # no reader waits on the CM4's channel 0
         assert m.load_u32(pending) & bit, "the line is raised all the same"
         assert m.load_u32(unwoken) & bit, "and marked: nobody was woken for it"

@@ -135,6 +135,11 @@ def core_block(index: int) -> int:
     return OFF_CORE_BLOCKS + CORE_BLOCK_SIZE * index
 
 
+def lines_unwoken(index: int) -> int:
+    """Offset of core `index`'s unwoken-lines word (the caller has validated the index)."""
+    return OFF_LINES_UNWOKEN + 4 * index
+
+
 def r_value(core_id: int, process_id: int) -> int:
     """The R value of a semaphore locked by (core_id, process_id)."""
     return R_LOCK | (core_id << R_COREID_SHIFT) | process_id

@@ -305,7 +305,7 @@ class Hardware:
         old = m.fetch_or_u32(block + R.C_PENDING, bit)
         m.fetch_add_u64(block + R.C_RAISED, 1)
         # merged with a pending line: wake only if that line was raised quietly (nobody woken for it)
-        if not old & bit or m.load_u32(self._base + R.OFF_LINES_UNWOKEN + 4 * index) & bit:
+        if not old & bit or m.load_u32(self._base + R.lines_unwoken(index)) & bit:
             m.futex_wake(block + R.C_PENDING)
 
     def _hsem_freed(self, mask: int) -> None:
@@ -587,7 +587,7 @@ class _Dispatcher(threading.Thread):
     def _dispatch(self, m: _native.Mapping, off: int) -> None:
         core = self.core
         taken = 0
-        unwoken = core.hardware._base + R.OFF_LINES_UNWOKEN + 4 * core.index
+        unwoken = core.hardware._base + R.lines_unwoken(core.index)
         while True:
             handled = core._handled_mask
             m.fetch_and_u32(unwoken, ~handled & R.WORD_MASK)  # the quiet-raise marks go before the lines

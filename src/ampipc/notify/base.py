@@ -324,7 +324,7 @@ class Strategy(ABC):
         from ..hw import _regs as R
 
         hw = self.core.hardware
-        return hw._base + R.OFF_LINES_UNWOKEN + 4 * hw.core_info(core).index
+        return hw._base + R.lines_unwoken(hw.core_info(core).index)
 
     # ---- helpers for the implementations -------------------------------------------------------
 

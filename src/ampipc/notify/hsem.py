@@ -88,7 +88,7 @@ class HsemStrategy(Strategy):
         hsem = self.core.hsem
         hw = self.core.hardware
         blocks = [hw._base + R.core_block(info.index) for info in hw.cores]
-        unwoken = [hw._base + R.OFF_LINES_UNWOKEN + 4 * info.index for info in hw.cores]
+        unwoken = [hw._base + R.lines_unwoken(info.index) for info in hw.cores]
         taken = R.r_value(self.core.core_id, 0)
         for b, kind in self._outgoing():
             sem = self.ids[(b.buffer_id, kind)]
@@ -106,7 +106,7 @@ class HsemStrategy(Strategy):
             pending=me + R.C_PENDING, handled=me + R.C_HANDLED, line=R.IRQ_HSEM,
             table=(me + R.C_HSEM_IER, me + R.C_HSEM_ISR,
                    [(self.ids[(b.buffer_id, kind)], b.buffer, kind.value) for b, kind in self._incoming()]),
-            unwoken=hw._base + R.OFF_LINES_UNWOKEN + 4 * self.core.index,
+            unwoken=hw._base + R.lines_unwoken(self.core.index),
         )
         self._task_isr = isr
         for b, _kind in self._incoming():
