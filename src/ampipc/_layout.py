@@ -107,7 +107,12 @@ RING_FLAG_STRICT = 8  # strict FreeRTOS mode: zero-length messages are refused
 PREFIX_SIZE = 4
 PREFIX_WIDTHS = (1, 2, 4, 8)
 RING_CONSTANTS = struct.Struct("<IIIIIII")  # magic, flags, length, data offset, trigger, prefix, total
+RING_OFF_FLAGS = 4
+RING_OFF_LENGTH = 8
+RING_OFF_DATA = 12
 RING_OFF_TRIGGER = 16
+RING_OFF_PREFIX = 20
+RING_OFF_TOTAL = 24
 RING_OFF_HEAD = 64
 RING_OFF_WRITER_CPU = 68
 RING_OFF_TX_WAITING = 192
@@ -125,6 +130,10 @@ KIND_STREAM_BUFFER = "stream_buffer"
 
 def align_up(value: int, alignment: int = OBJECT_ALIGN) -> int:
     return (value + alignment - 1) // alignment * alignment
+
+
+def is_power_of_two(value: int) -> bool:
+    return value > 0 and value & (value - 1) == 0
 
 
 # ---- the chip memory record (ampipc.hw.memory; the C core's memory model reads it: layout.h) ----
@@ -162,6 +171,8 @@ def align_up(value: int, alignment: int = OBJECT_ALIGN) -> int:
 #         byte i of that line dirty in its cache (written by the CM7's model only)
 #
 # A report is one distinct (kind, core, line) and counts its occurrences.
+# The power domains (ampipc.hw.memory.Domain), as the record and the power words number them.
+DOMAIN_D1, DOMAIN_D2, DOMAIN_D3 = 1, 2, 3
 CHIP_RECORD_NAME = "__chip_memory__"
 KIND_CHIP_MEMORY = "hw_chip_memory"
 CHIP_RECORD_MAGIC = 0x4D434D41

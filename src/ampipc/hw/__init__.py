@@ -28,9 +28,9 @@ from .hardware import (
     InterruptHandler,
 )
 from .hsem import FreeCallback, Hsem
-from .structs import Layout, LayoutDifference, StructDescription, attach_struct, compare_layouts, place_struct
 
 if TYPE_CHECKING:
+    from .structs import Layout, LayoutDifference, StructDescription, attach_struct, compare_layouts, place_struct
     from .memory import (
         Access,
         ChipInfo,
@@ -45,10 +45,14 @@ if TYPE_CHECKING:
         register_chip,
     )
 
-# The memory map is loaded on first use: a program without chip regions never pays for it.
+# The memory map and the structure layouts are loaded on first use: a program without chip regions
+# or shared structures never pays for them (ctypes, hashlib, json) at import.
 _MEMORY_NAMES = frozenset({
     "Access", "ChipInfo", "ChipPlacement", "Domain", "MemoryInfo", "check_access", "chip_info", "known_chips",
     "memory_info", "placement_of", "register_chip",
+})
+_STRUCTS_NAMES = frozenset({
+    "Layout", "LayoutDifference", "StructDescription", "attach_struct", "compare_layouts", "place_struct",
 })
 
 
@@ -57,6 +61,10 @@ def __getattr__(name: str) -> Any:
         from . import memory
 
         return getattr(memory, name)
+    if name in _STRUCTS_NAMES:
+        from . import structs
+
+        return getattr(structs, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

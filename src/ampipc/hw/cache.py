@@ -35,7 +35,7 @@ from .. import _layout as L
 from ..errors import CorruptRegion
 
 if TYPE_CHECKING:
-    from ..region import Region
+    from ..region import ObjectEntry, Region
 
 __all__ = [
     "CachePolicy",
@@ -73,8 +73,9 @@ _WHAT = {
     ReportKind.LOST_WRITE: "wrote back over bytes another side had written since the fill",
     ReportKind.PARTIAL_INVALIDATE: "invalidated a line partly outside the range: dirty bytes of a neighbour were lost",
 }
-_RING_FIELDS = {0: "magic", 4: "flags", 8: "length", 12: "data offset", 16: "trigger level", 20: "prefix size",
-                24: "total size", 64: "head", 128: "tail"}
+_RING_FIELDS = {0: "magic", L.RING_OFF_FLAGS: "flags", L.RING_OFF_LENGTH: "length", L.RING_OFF_DATA: "data offset",
+                L.RING_OFF_TRIGGER: "trigger level", L.RING_OFF_PREFIX: "prefix size", L.RING_OFF_TOTAL: "total size",
+                L.RING_OFF_HEAD: "head", L.RING_OFF_TAIL: "tail"}
 _RING_KINDS = (L.KIND_MESSAGE_BUFFER, L.KIND_STREAM_BUFFER)
 
 
@@ -136,12 +137,12 @@ _FIELD_NAMERS = {
 }
 
 
-def _name(region: Region, offset: int) -> tuple[str, str]:
-    for entry in region.objects():
+def _name(region: Region, entries: list[ObjectEntry], offset: int) -> tuple[str, str]:
+    for entry in entries:
         if entry.offset <= offset < entry.offset + entry.size:
             delta = offset - entry.offset
             if entry.kind in _RING_KINDS:
-                data_off = region.mapping.load_u32(entry.offset + 12)
+                data_off = region.mapping.load_u32(entry.offset + L.RING_OFF_DATA)
                 if data_off and delta >= data_off:
                     return entry.name, f"storage[{delta - data_off}]"
                 return entry.name, _RING_FIELDS.get(delta - delta % 4, f"header+{delta}")
@@ -163,6 +164,7 @@ def reports(region: Region) -> list[CoherencyReport]:
         raise CorruptRegion(f"chip memory record: {used} reports used of {capacity}",
                             object=L.CHIP_RECORD_NAME, field="reports used", value=used)
     found = []
+    entries = region.objects()
     view = region.view
     for i in range(used):
         kind, core, offset, length, count, first = L.CHIP_REPORT.unpack_from(view, rec + L.CHIP_OFF_REPORTS + 32 * i)
@@ -171,7 +173,7 @@ def reports(region: Region) -> list[CoherencyReport]:
         except ValueError:
             raise CorruptRegion(f"coherency report {i} has kind {kind}", object=L.CHIP_RECORD_NAME,
                                 field="report kind", value=kind) from None
-        obj, field = _name(region, offset)
+        obj, field = _name(region, entries, offset)
         found.append((first, CoherencyReport(report_kind, _CORE_NAMES.get(core, f"core {core}"), offset,
                                              base + offset, length, count, obj, field)))
     return [r for _, r in sorted(found, key=lambda t: t[0])]
@@ -296,7 +298,7 @@ class Mpu:
         base aligned to it (the MPU's rule). Returns the cache policy it gives."""
         if not 0 <= number < self.REGIONS:
             raise ValueError(f"MPU region number must be 0..{self.REGIONS - 1}, not {number}")
-        if size < 32 or size & (size - 1) or base % size:
+        if size < 32 or not L.is_power_of_two(size) or base % size:
             raise ValueError(f"an MPU region is a power of two >= 32 bytes aligned to its size, not {size} at {base:#x}")
         policy = policy_of(cacheable=cacheable, bufferable=bufferable, shareable=shareable, tex=tex)
         if enabled:

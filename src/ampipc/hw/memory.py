@@ -81,9 +81,9 @@ class Access(Enum):
 class Domain(IntEnum):
     """The STM32H7 power domains: D1 (CM7, AXI), D2 (CM4, AHB SRAMs), D3 (always-on: SRAM4, backup)."""
 
-    D1 = 1
-    D2 = 2
-    D3 = 3
+    D1 = L.DOMAIN_D1
+    D2 = L.DOMAIN_D2
+    D3 = L.DOMAIN_D3
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,6 @@ from typing import TYPE_CHECKING
 
 from .. import _layout as L
 from ..errors import CorruptRegion, ObjectExists
-from .memory import Domain
 
 if TYPE_CHECKING:
     from .hardware import Core
@@ -61,7 +60,7 @@ _TIME_IN = (16, 24, 32)
 _WAKEUPS, _STAMP, _LAST, _TOTAL, _MAX, _COUNT = 40, 48, 56, 64, 72, 80
 _SLICE = 0.1
 # The power domain each core's deep sleep stops (STM32H745/H747: the CM7 lives in D1, the CM4 in D2).
-CORE_DOMAINS = {"CM7": Domain.D1, "CM4": Domain.D2}
+CORE_DOMAINS = {"CM7": L.DOMAIN_D1, "CM4": L.DOMAIN_D2}
 
 
 class PowerState(IntEnum):

@@ -178,10 +178,6 @@ def _canonical(name: str, size: int, align: int, fields: Iterable[FieldLayout]) 
 # ---- Layout: a description computed as a 32-bit ARM compiler does --------------------------
 
 
-def _pow2(value: int) -> bool:
-    return value > 0 and value & (value - 1) == 0
-
-
 def _normalise_type(ftype: Any, where: str) -> FieldType:
     if isinstance(ftype, str):
         code = _ALIASES.get(ftype, ftype)
@@ -250,9 +246,9 @@ class Layout:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"a Layout needs a name, not {self.name!r}")
-        if self.pack is not None and (not _pow2(self.pack) or self.pack > 16):
+        if self.pack is not None and (not L.is_power_of_two(self.pack) or self.pack > 16):
             raise ValueError(f"Layout {self.name!r}: pack must be 1, 2, 4, 8 or 16, not {self.pack!r}")
-        if self.align is not None and (not _pow2(self.align) or self.align > MAX_ALIGNMENT):
+        if self.align is not None and (not L.is_power_of_two(self.align) or self.align > MAX_ALIGNMENT):
             raise ValueError(f"Layout {self.name!r}: align must be a power of two up to {MAX_ALIGNMENT}")
         members: list[tuple[str, FieldType]] = []
         seen: set[str] = set()
@@ -428,7 +424,7 @@ def _decode(blob: bytes) -> StructDescription:
     name, size, align, raw_fields = data["name"], data["size"], data["align"], data["fields"]
     if not isinstance(name, str) or not name or len(name) > 256:
         raise ValueError(f"its name {name!r} is not a short string")
-    if not _is_int(size, 1, 1 << 32) or not _is_int(align, 1, MAX_ALIGNMENT) or not _pow2(align):
+    if not _is_int(size, 1, 1 << 32) or not _is_int(align, 1, MAX_ALIGNMENT) or not L.is_power_of_two(align):
         raise ValueError(f"its size {size!r} or alignment {align!r} is out of range")
     if not isinstance(raw_fields, list) or not raw_fields:
         raise ValueError("it lists no fields")
@@ -655,7 +651,7 @@ def _read(region: Region, entry: ObjectEntry) -> tuple[StructDescription, str, i
         if version != _VERSION:
             raise IncompatibleRegion(f"region {region.name!r}: shared structure {entry.name!r} has layout version "
                                      f"{version}; this ampipc reads version {_VERSION}")
-        if not _pow2(align) or align > MAX_ALIGNMENT:
+        if not L.is_power_of_two(align) or align > MAX_ALIGNMENT:
             raise corrupt("alignment", align, f"is not a power of two up to {MAX_ALIGNMENT}")
         if size == 0 or size > entry.size:
             raise corrupt("size", size, f"is out of range for a {entry.size}-byte object")

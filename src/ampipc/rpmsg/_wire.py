@@ -52,6 +52,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from .._layout import is_power_of_two
+
 # ---- virtio status (virtio.h) and roles ---------------------------------------------------------
 STATUS_ACKNOWLEDGE = 0x01
 STATUS_DRIVER = 0x02
@@ -93,10 +95,6 @@ MAX_VRING_NUM = 32768  # a u16 index space: num must be a power of two no larger
 
 def align_up(value: int, align: int) -> int:
     return (value + align - 1) & ~(align - 1)
-
-
-def is_power_of_two(value: int) -> bool:
-    return value > 0 and value & (value - 1) == 0
 
 
 @dataclass(frozen=True)
