@@ -21,7 +21,7 @@ from ampipc.hw.cache import DCache, Mpu, ReportKind, reports
 from ampipc.hw.power import PowerState
 from ampipc.notify.base import WORD_LOAD
 from ampipc.rpmsg import open_region
-from ampipc.rpmsg._window import ModelledWindow
+from ampipc.rpmsg._window import ModelledWindow, OutOfWindow, Window
 from ampipc.rpmsg.virtqueue import DriverQueue
 from ampipc.services import PayloadPool
 
@@ -291,3 +291,23 @@ def test_a_stopped_domain_refuses_pool_rpmsg_and_strategy_word_accesses_until_it
         hw.close()
     finally:
         region.close()
+
+
+@pytest.mark.parametrize("modelled", [False, True])
+@pytest.mark.parametrize(("offset", "length"), [(0, -1), (16, -16), (-4, 4), (0, 1 << 20)])
+def test_a_window_refuses_an_access_out_of_its_area_alike_with_and_without_the_model(
+    chip_region: Region, modelled: bool, offset: int, length: int
+) -> None:
+    """A length or offset from shared memory outside the window is OutOfWindow on both window kinds."""
+    base = chip_region.allocate(_unique("win"), "test", 4096)
+    view = chip_region.view[base : base + 4096]
+    try:
+        window = (ModelledWindow if modelled else Window)(view, chip_region.mapping, base)
+        window.write(16, b"kept")
+        with pytest.raises(OutOfWindow):
+            window.read(offset, length)
+        with pytest.raises(OutOfWindow):
+            window.fill(offset, length)
+        assert window.read(16, 4) == b"kept"  # the refused accesses wrote nothing
+    finally:
+        view.release()

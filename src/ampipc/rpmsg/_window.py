@@ -63,7 +63,9 @@ class Window:
         return 0 <= offset and 0 <= length and offset + length <= self.size
 
     def _check(self, offset: int, length: int) -> None:
-        if not (0 <= offset and offset + length <= self.size):
+        # A negative length is refused too: it would read nothing from a plain window and fail
+        # inside the memory model of a modelled one, where it must fail the same way.
+        if not (0 <= offset and 0 <= length and offset + length <= self.size):
             raise OutOfWindow(f"access of {length} bytes at {offset:#x} is outside the shared area of {self.size:#x} bytes")
 
     def u8(self, offset: int) -> int:
@@ -191,6 +193,7 @@ class ModelledWindow(Window):
         self._put(offset, data)
 
     def fill(self, offset: int, length: int, byte: int = 0) -> None:
+        self._check(offset, length)  # before the bytes are made: a negative length makes none
         self._put(offset, bytes([byte]) * length)
 
     def load_word(self, offset: int) -> int:
