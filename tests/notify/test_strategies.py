@@ -19,7 +19,8 @@ from ampipc import MessageBuffer, ObjectNotFound, Region, RegionFull
 from ampipc.hw import Hardware
 from ampipc.ipc import Ipc
 from ampipc.notify import DataBuffer, EndpointSpec, StrategyOptions
-from ampipc.notify.control import ControlStrategy
+from ampipc.notify.base import EventKind
+from ampipc.notify.control import ControlStrategy, encode_record
 
 
 def test_control_overflow_is_reported_and_recovered(region: Region, spawn: Callable[..., tuple[Any, Any]]) -> None:
@@ -129,3 +130,35 @@ def test_ipc_checks_arguments_and_room(region_name: str) -> None:
                 other.send(0, b"back", timeout=TIMEOUT)
                 assert ipc.receive(0, timeout=TIMEOUT) == b"back"
                 assert ipc.try_receive(0) is None
+
+
+def test_control_handler_drains_a_control_buffer_its_writer_closed(region: Region) -> None:
+    """A writer core tearing down closes its control buffer with a record still in it: the receiving
+    core's handler takes the record, wakes the reader, and sees the closed buffer as drained."""
+    hw = Hardware.create(region)
+    try:
+        buffer = MessageBuffer.create(region, "d0", 64)
+        specs = [EndpointSpec(0, "CM7", "CM4")]
+        ControlStrategy.prepare(region, "t", specs, StrategyOptions())
+        sides = {
+            core: ControlStrategy(region, "t", hw.core(core), [DataBuffer(specs[0], buffer)], StrategyOptions())
+            for core in ("CM7", "CM4")
+        }
+        for s in sides.values():
+            s.install()
+        try:
+            control = sides["CM7"].control[("CM7", "CM4")]
+            buffer.try_send(b"last")  # the hook raises its DATA_SENT record straight into the ring
+            # The CM7's Python path writes a record of its own (as its fallback does), which makes
+            # this object the writer, and then leaves before the CM4's handler ran.
+            assert control.try_send(encode_record(0, EventKind.DATA_SENT))
+            control.close()
+            handled = sides["CM4"].statistics()["events_handled"]
+            sides["CM4"]._isr(sides["CM4"].options.irq_line)  # noqa: SLF001 - the handler the line runs
+            assert sides["CM4"].statistics()["events_handled"] == handled + 2
+            assert buffer.try_receive() == b"last"
+        finally:
+            for s in sides.values():
+                s.uninstall()
+    finally:
+        hw.close()

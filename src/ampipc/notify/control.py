@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 
 from .. import _native
 from ..buffers import MessageBuffer
-from ..errors import CorruptRegion, ProtocolError
+from ..errors import CorruptRegion, PeerClosed, ProtocolError
 from .base import (
     WORD_AND,
     WORD_OR,
@@ -264,7 +264,10 @@ class ControlStrategy(Strategy):
             block = self._base + self.layout.block_at[d]
             overflowed = m.exchange_u32(block + _OFF_FLAG, 0)
             while True:
-                record = cb.try_receive()
+                try:
+                    record = cb.try_receive()
+                except PeerClosed:  # the writer core left: every record it wrote has been taken
+                    break
                 if record is None:
                     break
                 self._handle_record(d, block, record)
