@@ -63,9 +63,9 @@ class Window:
         return 0 <= offset and 0 <= length and offset + length <= self.size
 
     def _check(self, offset: int, length: int) -> None:
-        # A negative length is refused too: it would read nothing from a plain window and fail
-        # inside the memory model of a modelled one, where it must fail the same way.
-        if not (0 <= offset and 0 <= length and offset + length <= self.size):
+        # A negative length is refused too: a plain window would read nothing, a modelled one would
+        # fail inside the memory model; both refuse it here, alike.
+        if not self.contains(offset, length):
             raise OutOfWindow(f"access of {length} bytes at {offset:#x} is outside the shared area of {self.size:#x} bytes")
 
     def u8(self, offset: int) -> int:
