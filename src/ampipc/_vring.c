@@ -30,7 +30,7 @@
  * semantics as _native.Mapping's atomics, so the two paths interoperate, also on aarch64.
  *
  * The GIL is kept for ring work (a copy of at most one buffer costs less than giving the GIL away
- * and taking it back); it is released only by spin_wait_u32, the bounded spin of the doorbell.
+ * and taking it back); it is released only by spin_wait_u32 and the Doorbell's spin and futex sleep.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -39,6 +39,10 @@
 #include <string.h>
 #include <sched.h>
 #include <time.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include "_native/clock.h"
 
 /* ---- the wire (rpmsg/_wire.py is the commented reference) ------------------------------------ */
@@ -1261,6 +1265,205 @@ static PyObject *mod_spin_wait_u32(PyObject *m, PyObject *args) {
     return PyLong_FromUnsignedLong(now);
 }
 
+/* ==== the futex doorbell ======================================================================= */
+/* Doorbell(area, ring_offset, wait_offset, spin): RegionTransport's "direct" notification, one counter
+ * word per direction with the owner's waiting flag in the next word. Only the peer adds to our
+ * counter (ring); only we write our flag. ring() adds one to the peer's counter (seq_cst) and wakes
+ * its futex only if its flag is set; wait() returns at once if our counter moved since the last wait,
+ * else spins up to the adaptive spin (GIL released), then sets the flag, re-checks (the seq_cst
+ * store-load pair that keeps a ring from being missed) and sleeps in slices of at most 100 ms, checking
+ * signals between slices. The spin adapts as FutexDoorbell documents: the whole spin again after a
+ * quick answer, half of it (never below spin/16) after a slow one. */
+#define DOORBELL_SLICE_NS 100000000LL
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *area_obj;
+    Py_ssize_t ring_off, wait_off;
+    uint32_t seen;
+    int64_t spin_ns, spin_now_ns;
+    unsigned long long spins_won, rings;
+} Doorbell;
+
+static void doorbell_dealloc(Doorbell *self) {
+    Py_XDECREF(self->area_obj);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* The two aligned words at offset (counter, flag) of an exported area, or NULL with ValueError. */
+static uint32_t *doorbell_words(Py_buffer *b, Py_ssize_t offset) {
+    if (offset < 0 || offset % 4 || offset > b->len - 8 || ((uintptr_t)b->buf & 3)) {
+        PyErr_Format(PyExc_ValueError, "offset %zd is not an aligned word pair of the area", offset);
+        return NULL;
+    }
+    return (uint32_t *)((unsigned char *)b->buf + offset);
+}
+
+static int doorbell_init(Doorbell *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"area", "ring_offset", "wait_offset", "spin", NULL};
+    PyObject *area_obj;
+    Py_ssize_t ring_off, wait_off;
+    double spin;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Onnd", kwlist, &area_obj, &ring_off, &wait_off, &spin)) return -1;
+    if (!(spin >= 0 && spin <= 1.0)) {
+        PyErr_SetString(PyExc_ValueError, "spin must be between 0 and 1 second");
+        return -1;
+    }
+    Py_buffer b;
+    if (PyObject_GetBuffer(area_obj, &b, PyBUF_SIMPLE) < 0) return -1;
+    uint32_t *theirs = doorbell_words(&b, ring_off), *ours = theirs ? doorbell_words(&b, wait_off) : NULL;
+    if (ours == NULL) {
+        PyBuffer_Release(&b);
+        return -1;
+    }
+    self->seen = __atomic_load_n(ours, __ATOMIC_SEQ_CST);
+    PyBuffer_Release(&b);
+    Py_INCREF(area_obj);
+    Py_XSETREF(self->area_obj, area_obj);
+    self->ring_off = ring_off;
+    self->wait_off = wait_off;
+    self->spin_ns = self->spin_now_ns = (int64_t)(spin * 1e9);
+    self->spins_won = self->rings = 0;
+    return 0;
+}
+
+static int doorbell_open(Doorbell *self, Py_buffer *b) {
+    if (self->area_obj == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "the doorbell is not initialised");
+        return -1;
+    }
+    return PyObject_GetBuffer(self->area_obj, b, PyBUF_SIMPLE);
+}
+
+static PyObject *doorbell_ring(Doorbell *self, PyObject *unused) {
+    Py_buffer b;
+    if (doorbell_open(self, &b) < 0) return NULL;
+    uint32_t *theirs = doorbell_words(&b, self->ring_off);
+    if (theirs != NULL) {
+        __atomic_fetch_add(theirs, 1, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(theirs + 1, __ATOMIC_SEQ_CST)) syscall(SYS_futex, theirs, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+        self->rings++;
+    }
+    PyBuffer_Release(&b);
+    if (theirs == NULL) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* Spin (GIL released by the caller) until *word != seen or `ns` pass; the value last read. */
+static uint32_t spin_on(const uint32_t *word, uint32_t seen, int64_t ns) {
+    int64_t start = now_ns(), stop = start + ns;
+    uint32_t now;
+    for (unsigned i = 1;; i++) {
+        now = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+        if (now != seen) break;
+        cpu_relax();
+        if ((i & 63) == 0) {
+            int64_t t = now_ns();
+            if (t >= stop) break;
+            /* Past the first microseconds, give the CPU to whoever waits for it (the peer, on a busy
+             * machine) at every check: on idle CPUs sched_yield returns at once and the spin goes on. */
+            if (t - start > PURE_SPIN_NS) sched_yield();
+        }
+    }
+    return now;
+}
+
+static inline int64_t shrink_spin(const Doorbell *d) {
+    int64_t half = d->spin_now_ns / 2, floor = d->spin_ns / 16;
+    return half > floor ? half : floor;
+}
+
+/* wait(timeout) -> bool: did a ring come (since the last wait that returned True)? */
+static PyObject *doorbell_wait(Doorbell *self, PyObject *arg) {
+    double timeout = PyFloat_AsDouble(arg);
+    if (timeout == -1.0 && PyErr_Occurred()) return NULL;
+    if (timeout != timeout) {
+        PyErr_SetString(PyExc_ValueError, "timeout is NaN");
+        return NULL;
+    }
+    Py_buffer b;
+    if (doorbell_open(self, &b) < 0) return NULL;
+    uint32_t *ours = doorbell_words(&b, self->wait_off);
+    if (ours == NULL) {
+        PyBuffer_Release(&b);
+        return NULL;
+    }
+    uint32_t seen = self->seen, now = __atomic_load_n(ours, __ATOMIC_SEQ_CST);
+    int rang = now != seen, failed = 0;
+    if (rang || timeout <= 0) goto done;
+    int64_t started = now_ns();
+    int64_t deadline = timeout >= 1e9 ? INT64_MAX : started + (int64_t)(timeout * 1e9);
+    int64_t spin = self->spin_now_ns;
+    if (spin > 0) {
+        int64_t ns = spin < deadline - started ? spin : deadline - started;
+        Py_BEGIN_ALLOW_THREADS
+        now = spin_on(ours, seen, ns);
+        Py_END_ALLOW_THREADS
+        if (now != seen) {
+            rang = 1;
+            self->spins_won++;
+            goto done;
+        }
+        if (now_ns() >= deadline) {
+            self->spin_now_ns = shrink_spin(self);
+            goto done;
+        }
+    }
+    __atomic_store_n(ours + 1, 1, __ATOMIC_SEQ_CST);
+    for (;;) {
+        now = __atomic_load_n(ours, __ATOMIC_SEQ_CST);
+        if (now != seen) break;
+        int64_t left = deadline - now_ns();
+        if (left <= 0) break;
+        if (left > DOORBELL_SLICE_NS) left = DOORBELL_SLICE_NS;
+        struct timespec ts = {(time_t)(left / 1000000000LL), (long)(left % 1000000000LL)};
+        Py_BEGIN_ALLOW_THREADS
+        syscall(SYS_futex, ours, FUTEX_WAIT, seen, &ts, NULL, 0);
+        Py_END_ALLOW_THREADS
+        if (PyErr_CheckSignals() < 0) {
+            failed = 1;
+            break;
+        }
+    }
+    __atomic_store_n(ours + 1, 0, __ATOMIC_SEQ_CST);
+    rang = now != seen;
+    if (spin > 0 && !failed) self->spin_now_ns = rang && now_ns() - started <= self->spin_ns ? self->spin_ns : shrink_spin(self);
+done:
+    PyBuffer_Release(&b);
+    if (failed) return NULL;
+    if (rang) self->seen = now;
+    return PyBool_FromLong(rang);
+}
+
+static PyObject *doorbell_get_spin(Doorbell *self, void *c) { return PyFloat_FromDouble((double)self->spin_ns / 1e9); }
+static PyObject *doorbell_get_spins_won(Doorbell *self, void *c) { return PyLong_FromUnsignedLongLong(self->spins_won); }
+static PyObject *doorbell_get_rings(Doorbell *self, void *c) { return PyLong_FromUnsignedLongLong(self->rings); }
+
+static PyMethodDef doorbell_methods[] = {
+    {"ring", (PyCFunction)doorbell_ring, METH_NOARGS, "Add one to the peer's counter; wake it if it sleeps."},
+    {"wait", (PyCFunction)doorbell_wait, METH_O, "Spin, then sleep, until a ring or the timeout (seconds)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef doorbell_getset[] = {
+    {"spin", (getter)doorbell_get_spin, NULL, "The longest spin before a sleep (seconds).", NULL},
+    {"spins_won", (getter)doorbell_get_spins_won, NULL, "Waits the spin ended (no sleep).", NULL},
+    {"rings", (getter)doorbell_get_rings, NULL, "Rings sent.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject DoorbellType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ampipc._vring.Doorbell",
+    .tp_basicsize = sizeof(Doorbell),
+    .tp_dealloc = (destructor)doorbell_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Doorbell(area, ring_offset, wait_offset, spin): the futex doorbell of a Region link.",
+    .tp_methods = doorbell_methods,
+    .tp_getset = doorbell_getset,
+    .tp_init = (initproc)doorbell_init,
+    .tp_new = PyType_GenericNew,
+};
+
 static PyObject *mod_set_errors(PyObject *m, PyObject *args) {
     PyObject *ring, *exhausted, *out_of_window, *protocol;
     if (!PyArg_ParseTuple(args, "OOOO", &ring, &exhausted, &out_of_window, &protocol)) return NULL;
@@ -1287,7 +1490,8 @@ static struct PyModuleDef vring_module = {
 };
 
 PyMODINIT_FUNC PyInit__vring(void) {
-    if (PyType_Ready(&DriverRingType) < 0 || PyType_Ready(&DeviceRingType) < 0) return NULL;
+    if (PyType_Ready(&DriverRingType) < 0 || PyType_Ready(&DeviceRingType) < 0 || PyType_Ready(&DoorbellType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&vring_module);
     if (m == NULL) return NULL;
     /* Until ampipc.rpmsg installs its own classes: never NULL, so an early error is still an error. */
@@ -1302,5 +1506,7 @@ PyMODINIT_FUNC PyInit__vring(void) {
     if (PyModule_AddObject(m, "DriverRing", (PyObject *)&DriverRingType) < 0) return NULL;
     Py_INCREF(&DeviceRingType);
     if (PyModule_AddObject(m, "DeviceRing", (PyObject *)&DeviceRingType) < 0) return NULL;
+    Py_INCREF(&DoorbellType);
+    if (PyModule_AddObject(m, "Doorbell", (PyObject *)&DoorbellType) < 0) return NULL;
     return m;
 }

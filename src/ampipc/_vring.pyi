@@ -69,6 +69,21 @@ class DeviceRing:
     def tx_available(self) -> bool:
         """Could tx_send find a driver buffer now?"""
 
+class Doorbell:
+    """The futex doorbell of a Region link: a counter per direction, the owner's waiting flag after it."""
+
+    def __init__(self, area: Buffer, ring_offset: int, wait_offset: int, spin: float) -> None: ...
+    def ring(self) -> None:
+        """Add one to the peer's counter (ring_offset); wake it if its flag says it sleeps."""
+    def wait(self, timeout: float, /) -> bool:
+        """True once the counter at wait_offset moved since the last True; spins, then sleeps (GIL released)."""
+    @property
+    def spin(self) -> float: ...
+    @property
+    def spins_won(self) -> int: ...
+    @property
+    def rings(self) -> int: ...
+
 def spin_wait_u32(area: Buffer, offset: int, seen: int, seconds: float, /) -> int:
     """Read the aligned u32 at offset until it differs from seen or seconds pass (GIL released); its value."""
 

@@ -514,6 +514,10 @@ class FutexDoorbell:
     """The direct doorbell: a counter word per direction, futex wake only when the peer sleeps.
 
     ``spin`` (seconds, default: the buffers' default spin) bounds the spin before the sleep; 0 sleeps at once.
+    The work is `ampipc._vring.Doorbell` (GIL released while it spins and sleeps): ``ring`` and
+    ``wait(timeout)`` are its methods, bound here so a call costs one C call. The spin adapts: the
+    whole spin again after an answer that came within it, half the last one (never below spin/16)
+    after one that did not.
     """
 
     def __init__(
@@ -528,62 +532,24 @@ class FutexDoorbell:
         spin = _native.get_default_spin() if spin is None else spin
         if not 0.0 <= spin <= 1.0:
             raise ValueError("spin must be between 0 and 1 second")
-        self._m = mapping
-        self._ring = ring_offset  # the peer's counter (and +4: its waiting flag)
-        self._wait = wait_offset  # our counter (and +4: our waiting flag)
-        self._seen = mapping.load_u32(wait_offset)
+        # the peer's counter (and +4: its waiting flag); ours likewise
+        self._bell = _vring.Doorbell(mapping, ring_offset, wait_offset, spin)
         self._watch = PeerWatch(peer_token)
-        self.spin = spin
-        self._spin_now = spin
-        self.spins_won = 0  # waits that the spin ended (no futex sleep)
+        self.ring: Callable[[], None] = self._bell.ring
+        self.wait: Callable[[float], bool] = self._bell.wait
+
+    @property
+    def spin(self) -> float:
+        return self._bell.spin
+
+    @property
+    def spins_won(self) -> int:
+        """Waits that the spin ended (no futex sleep)."""
+        return self._bell.spins_won
 
     @property
     def peer_gone(self) -> bool:
         return self._watch.gone
-
-    def ring(self) -> None:
-        m = self._m
-        m.fetch_add_u32(self._ring, 1)
-        if m.load_u32(self._ring + 4):
-            m.futex_wake(self._ring)
-
-    def wait(self, timeout: float) -> bool:
-        m = self._m
-        seen = self._seen
-        now = m.load_u32(self._wait)
-        if now != seen:
-            self._seen = now
-            return True
-        if timeout <= 0:
-            return False
-        spin = self._spin_now
-        started = 0.0
-        if spin > 0:
-            started = time.perf_counter()
-            now = _vring.spin_wait_u32(m, self._wait, seen, min(spin, timeout))
-            if now != seen:
-                self.spins_won += 1
-                self._seen = now
-                return True
-            timeout -= time.perf_counter() - started  # the spin counts against the caller's timeout
-            if timeout <= 0:
-                self._spin_now = max(self.spin / 16, spin / 2)
-                return False
-        m.store_u32(self._wait + 4, 1)
-        try:
-            now = m.load_u32(self._wait)
-            if now == seen:
-                m.futex_wait(self._wait, seen, timeout)
-                now = m.load_u32(self._wait)
-        finally:
-            m.store_u32(self._wait + 4, 0)
-        if spin > 0:
-            quick = now != seen and time.perf_counter() - started <= self.spin
-            self._spin_now = self.spin if quick else max(self.spin / 16, spin / 2)
-        if now != seen:
-            self._seen = now
-            return True
-        return False
 
     def close(self) -> None:
         pass
