@@ -278,6 +278,94 @@ static int decode_message(area_t *a, uint64_t addr, uint64_t capacity, uint64_t 
     return r;
 }
 
+/* The endpoint layer's direct delivery, after a batch's ring work is done (so whatever the callables
+ * run cannot meet a ring in mid-update). direct maps a local address to a callable taking
+ * (src, payload): the append of the queue of a bound endpoint without a callback. Data messages to
+ * such addresses are handed over while the batch allows; the first data or name-service message that
+ * is not (ns_addr is the name-service address, or -1 when the feature is off) ends direct delivery,
+ * and it and everything after it stay in the batch, so the Python router sees them in wire order with
+ * every binding change before it applied. Error entries stay in the batch and do not end it.
+ * Returns a new reference to (rest, delivered, data messages, data bytes), or NULL with an exception
+ * set; the data counts cover the whole batch, delivered or not (name-service records excluded). */
+static PyObject *deliver_direct(PyObject *events, PyObject *direct, long long ns_addr) {
+    Py_ssize_t n = PyList_GET_SIZE(events), delivered = 0, data = 0;
+    unsigned long long nbytes = 0;
+    PyObject *rest = NULL;
+    Py_ssize_t i = 0;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *item = PyList_GET_ITEM(events, k);
+        if (PyTuple_GET_SIZE(item) == 3 && (ns_addr < 0 || PyLong_AsLongLong(PyTuple_GET_ITEM(item, 1)) != ns_addr)) {
+            data++;
+            nbytes += (unsigned long long)PyBytes_GET_SIZE(PyTuple_GET_ITEM(item, 2));
+        }
+    }
+    if (direct != Py_None) {
+        if (!PyDict_Check(direct)) {
+            PyErr_SetString(PyExc_TypeError, "rx_batch: direct must be a dict or None");
+            return NULL;
+        }
+        for (; i < n; i++) {
+            PyObject *item = PyList_GET_ITEM(events, i);
+            if (PyTuple_GET_SIZE(item) != 3) { /* an error entry: the router records it */
+                if (rest == NULL && (rest = PyList_New(0)) == NULL) return NULL;
+                if (PyList_Append(rest, item) < 0) goto fail;
+                continue;
+            }
+            PyObject *dst = PyTuple_GET_ITEM(item, 1);
+            if (ns_addr >= 0 && PyLong_AsLongLong(dst) == ns_addr) break;
+            PyObject *target = PyDict_GetItemWithError(direct, dst);
+            if (target == NULL) {
+                if (PyErr_Occurred()) goto fail;
+                break;
+            }
+            Py_INCREF(target); /* the callable may change the dict */
+            PyObject *pair = PyTuple_Pack(2, PyTuple_GET_ITEM(item, 0), PyTuple_GET_ITEM(item, 2));
+            PyObject *r = pair == NULL ? NULL : PyObject_CallOneArg(target, pair);
+            Py_DECREF(target);
+            Py_XDECREF(pair);
+            if (r == NULL) goto fail;
+            Py_DECREF(r);
+            delivered++;
+        }
+    }
+    if (rest == NULL) {
+        rest = i == 0 ? (Py_INCREF(events), events) : PyList_GetSlice(events, i, n);
+        if (rest == NULL) return NULL;
+    } else if (i < n) {
+        PyObject *tail = PyList_GetSlice(events, i, n);
+        if (tail == NULL) goto fail;
+        int r = PyList_SetSlice(rest, PyList_GET_SIZE(rest), PyList_GET_SIZE(rest), tail);
+        Py_DECREF(tail);
+        if (r < 0) goto fail;
+    }
+    return Py_BuildValue("(NnnK)", rest, delivered, data, nbytes);
+fail:
+    Py_XDECREF(rest);
+    return NULL;
+}
+
+/* A transmit call's kick, given a doorbell to ring (a Doorbell, or None): 0 none needed, 1 needed
+ * (no Doorbell to ring: the caller notifies), 2 rung here; -1 with an exception set. */
+static int kick_with(PyObject *bell, int kick);
+
+static int parse_rx_args(PyObject *args, unsigned long long *buffer_size, long long *ns_addr, PyObject **direct) {
+    *ns_addr = -1;
+    *direct = Py_None;
+    return PyArg_ParseTuple(args, "K|LO:rx_batch", buffer_size, ns_addr, direct);
+}
+
+/* The tail every rx_batch returns: (events, more, kick, delivered, data messages, data bytes). */
+static PyObject *rx_result(PyObject *events, PyObject *direct, long long ns_addr, int more, int kick) {
+    PyObject *split = deliver_direct(events, direct, ns_addr);
+    Py_DECREF(events);
+    if (split == NULL) return NULL;
+    PyObject *r = Py_BuildValue("(OOOOOO)", PyTuple_GET_ITEM(split, 0), more ? Py_True : Py_False,
+                                kick ? Py_True : Py_False, PyTuple_GET_ITEM(split, 1), PyTuple_GET_ITEM(split, 2),
+                                PyTuple_GET_ITEM(split, 3));
+    Py_DECREF(split);
+    return r;
+}
+
 static int parse_u32(PyObject *o, uint32_t *out, const char *what) {
     unsigned long long v = PyLong_AsUnsignedLongLong(o);
     if (v == (unsigned long long)-1 && PyErr_Occurred()) return -1;
@@ -513,11 +601,14 @@ static PyObject *driver_get_used_py(DriverRing *self, PyObject *unused) {
 }
 
 /* RpmsgVirtio._poll_driver without the name-service split:
- * rx_batch(buffer_size) -> (items, more, kick); items are events (src, dst, payload) and error entries
- * (kind, message) in the order met (the last error must be the reference's last). */
-static PyObject *driver_rx_batch(DriverRing *self, PyObject *arg) {
-    unsigned long long buffer_size = PyLong_AsUnsignedLongLong(arg);
-    if (buffer_size == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+ * rx_batch(buffer_size, ns_addr=-1, direct=None) -> (items, more, kick, delivered, data, data bytes);
+ * items are events (src, dst, payload) and error entries (kind, message) in the order met (the last
+ * error must be the reference's last), less the data messages deliver_direct handed over. */
+static PyObject *driver_rx_batch(DriverRing *self, PyObject *args) {
+    unsigned long long buffer_size;
+    long long ns_addr;
+    PyObject *direct;
+    if (!parse_rx_args(args, &buffer_size, &ns_addr, &direct)) return NULL;
     PyObject *events = PyList_New(0);
     uint64_t *repost_addr = PyMem_Malloc(self->q.num * sizeof(uint64_t));
     uint32_t *repost_len = PyMem_Malloc(self->q.num * sizeof(uint32_t));
@@ -565,7 +656,7 @@ static PyObject *driver_rx_batch(DriverRing *self, PyObject *arg) {
     area_close(&a);
     PyMem_Free(repost_addr);
     PyMem_Free(repost_len);
-    return Py_BuildValue("(NNN)", events, PyBool_FromLong(more), PyBool_FromLong(kick));
+    return rx_result(events, direct, ns_addr, more, kick);
 fail:
     if (opened) area_close(&a);
     PyMem_Free(repost_addr);
@@ -684,11 +775,12 @@ static PyObject *driver_tx_reclaim_py(DriverRing *self, PyObject *unused) {
     return errors_or_empty(errors);
 }
 
-/* tx_send(src, dst, payload) -> (sent, kick, [(kind, message)]): RpmsgVirtio._send_driver. */
+/* tx_send(src, dst, payload, bell=None) -> (sent, kick, [(kind, message)]): RpmsgVirtio._send_driver;
+ * kick as kick_with says. */
 static PyObject *driver_tx_send(DriverRing *self, PyObject *args) {
-    PyObject *src_obj, *dst_obj;
+    PyObject *src_obj, *dst_obj, *bell = Py_None;
     Py_buffer payload;
-    if (!PyArg_ParseTuple(args, "OOy*", &src_obj, &dst_obj, &payload)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOy*|O:tx_send", &src_obj, &dst_obj, &payload, &bell)) return NULL;
     uint32_t src, dst;
     PyObject *errors = NULL, *result = NULL;
     area_t a;
@@ -723,8 +815,11 @@ static PyObject *driver_tx_send(DriverRing *self, PyObject *args) {
             kick = driver_needs_kick(self, &a);
         }
     }
+    area_close(&a);
+    opened = 0;
+    if ((kick = kick_with(bell, kick)) < 0) goto out;
     errors = errors_or_empty(errors);
-    if (errors != NULL) result = Py_BuildValue("(NNN)", PyBool_FromLong(sent), PyBool_FromLong(kick), errors);
+    if (errors != NULL) result = Py_BuildValue("(NiN)", PyBool_FromLong(sent), kick, errors);
     errors = NULL;
 out:
     if (opened) area_close(&a);
@@ -756,7 +851,7 @@ static PyMethodDef driver_methods[] = {
     {"needs_kick", (PyCFunction)driver_needs_kick_py, METH_NOARGS, "Did the device not set NO_NOTIFY?"},
     {"has_used", (PyCFunction)driver_has_used_py, METH_NOARGS, "Is a used element pending?"},
     {"get_used", (PyCFunction)driver_get_used_py, METH_NOARGS, "(head, addr, buffer length, used length) or None."},
-    {"rx_batch", (PyCFunction)driver_rx_batch, METH_O, "One receive poll of the driver."},
+    {"rx_batch", (PyCFunction)driver_rx_batch, METH_VARARGS, "One receive poll of the driver."},
     {"reclaim", (PyCFunction)driver_reclaim, METH_NOARGS, "Take back every returned transmit buffer."},
     {"add_message", (PyCFunction)driver_add_message, METH_VARARGS, "Write header and payload, make it available."},
     {"configure_tx", (PyCFunction)driver_configure_tx, METH_VARARGS, "Set the transmit buffers: bump start, end, size."},
@@ -1023,9 +1118,11 @@ static PyObject *device_put_used_py(DeviceRing *self, PyObject *args, PyObject *
 }
 
 /* RpmsgVirtio._poll_device without the name-service split (same result shape as the driver's). */
-static PyObject *device_rx_batch(DeviceRing *self, PyObject *arg) {
-    unsigned long long buffer_size = PyLong_AsUnsignedLongLong(arg);
-    if (buffer_size == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+static PyObject *device_rx_batch(DeviceRing *self, PyObject *args) {
+    unsigned long long buffer_size;
+    long long ns_addr;
+    PyObject *direct;
+    if (!parse_rx_args(args, &buffer_size, &ns_addr, &direct)) return NULL;
     PyObject *events = PyList_New(0);
     area_t a;
     int opened = 0, more = 0, kick = 0;
@@ -1059,7 +1156,7 @@ static PyObject *device_rx_batch(DeviceRing *self, PyObject *arg) {
         if (device_needs_kick(self, &a)) kick = 1;
     }
     area_close(&a);
-    return Py_BuildValue("(NNN)", events, PyBool_FromLong(more), PyBool_FromLong(kick));
+    return rx_result(events, direct, ns_addr, more, kick);
 fail:
     if (opened) area_close(&a);
     Py_XDECREF(events);
@@ -1093,11 +1190,12 @@ out:
     return result;
 }
 
-/* tx_send(src, dst, payload) -> (sent, kick, [(kind, message)]): RpmsgVirtio._send_device. */
+/* tx_send(src, dst, payload, bell=None) -> (sent, kick, [(kind, message)]): RpmsgVirtio._send_device;
+ * kick as kick_with says. */
 static PyObject *device_tx_send(DeviceRing *self, PyObject *args) {
-    PyObject *src_obj, *dst_obj;
+    PyObject *src_obj, *dst_obj, *bell = Py_None;
     Py_buffer payload;
-    if (!PyArg_ParseTuple(args, "OOy*", &src_obj, &dst_obj, &payload)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOy*|O:tx_send", &src_obj, &dst_obj, &payload, &bell)) return NULL;
     uint32_t src, dst;
     PyObject *errors = NULL, *result = NULL;
     area_t a;
@@ -1168,7 +1266,10 @@ static PyObject *device_tx_send(DeviceRing *self, PyObject *args) {
         sent = 1;
         kick = device_needs_kick(self, &a);
     }
-    result = Py_BuildValue("(NNO)", PyBool_FromLong(sent), PyBool_FromLong(kick), errors);
+    area_close(&a);
+    opened = 0;
+    if ((kick = kick_with(bell, kick)) < 0) goto out;
+    result = Py_BuildValue("(NiO)", PyBool_FromLong(sent), kick, errors);
 out:
     if (opened) area_close(&a);
     Py_XDECREF(errors);
@@ -1194,7 +1295,7 @@ static PyMethodDef device_methods[] = {
     {"has_available", (PyCFunction)device_has_available_py, METH_NOARGS, "Is an avail entry pending?"},
     {"get_available", (PyCFunction)device_get_available_py, METH_NOARGS, "(head, addr, length, flags) or None."},
     {"put_used", (PyCFunction)(void (*)(void))device_put_used_py, METH_VARARGS | METH_KEYWORDS, "Return a held buffer."},
-    {"rx_batch", (PyCFunction)device_rx_batch, METH_O, "One receive poll of the device."},
+    {"rx_batch", (PyCFunction)device_rx_batch, METH_VARARGS, "One receive poll of the device."},
     {"put_message", (PyCFunction)device_put_message, METH_VARARGS, "Write header and payload, return the buffer used."},
     {"tx_send", (PyCFunction)device_tx_send, METH_VARARGS, "Take a driver buffer, fill it, return it used."},
     {"tx_available", (PyCFunction)device_tx_available, METH_NOARGS, "Could tx_send find a buffer now?"},
@@ -1276,6 +1377,8 @@ static PyObject *mod_spin_wait_u32(PyObject *m, PyObject *args) {
  * quick answer, half of it (never below spin/16) after a slow one. */
 #define DOORBELL_SLICE_NS 100000000LL
 
+static PyTypeObject DoorbellType;
+
 typedef struct {
     PyObject_HEAD
     PyObject *area_obj;
@@ -1347,6 +1450,19 @@ static PyObject *doorbell_ring(Doorbell *self, PyObject *unused) {
     PyBuffer_Release(&b);
     if (theirs == NULL) return NULL;
     Py_RETURN_NONE;
+}
+
+static int kick_with(PyObject *bell, int kick) {
+    if (!kick) return 0;
+    if (bell == Py_None) return 1;
+    if (!PyObject_TypeCheck(bell, &DoorbellType)) {
+        PyErr_SetString(PyExc_TypeError, "tx_send: bell must be a Doorbell or None");
+        return -1;
+    }
+    PyObject *r = doorbell_ring((Doorbell *)bell, NULL);
+    if (r == NULL) return -1;
+    Py_DECREF(r);
+    return 2;
 }
 
 /* Spin (GIL released by the caller) until *word != seen or `ns` pass; the value last read. */

@@ -4,6 +4,8 @@
 method; the batch calls mirror the hot loops of `ampipc.rpmsg.rpmsg_virtio.RpmsgVirtio`.
 """
 
+from collections.abc import Callable
+
 from typing_extensions import Buffer
 
 class DriverRing:
@@ -23,8 +25,16 @@ class DriverRing:
     def needs_kick(self) -> bool: ...
     def has_used(self) -> bool: ...
     def get_used(self) -> tuple[int, int, int, int] | None: ...
-    def rx_batch(self, buffer_size: int, /) -> tuple[list[tuple[int, int, bytes] | tuple[str, str]], bool, bool]:
-        """One receive poll: (events (src, dst, payload) and errors (kind, message) in order, more pending, kick)."""
+    def rx_batch(
+        self, buffer_size: int, ns_addr: int = -1, direct: dict[int, Callable[[tuple[int, bytes]], object]] | None = None, /
+    ) -> tuple[list[tuple[int, int, bytes] | tuple[str, str]], bool, bool, int, int, int]:
+        """One receive poll: (events (src, dst, payload) and errors (kind, message) in order, more pending,
+        kick, messages handed to ``direct``, data messages in the batch (delivered or not; name-service
+        records to ``ns_addr`` excluded), their payload bytes).
+
+        Data messages for an address in ``direct`` go to ``direct[dst]((src, payload))`` after the ring
+        work, until the first data or name-service (to ``ns_addr``) message that is not; it and the rest
+        stay in the events."""
     def reclaim(self) -> tuple[list[tuple[int, int]], list[tuple[str, str]]]:
         """Every returned transmit buffer as (addr, buffer length), and the errors met."""
     def add_message(self, addr: int, buflen: int, src: int, dst: int, payload: Buffer, /) -> bool:
@@ -33,8 +43,10 @@ class DriverRing:
         """Transmit buffers: fresh ones from [bump_start, bump_end) in buffer_size steps, returned ones reused."""
     def tx_reclaim(self) -> list[tuple[str, str]]:
         """Queue every returned transmit buffer; the errors met (kind, message)."""
-    def tx_send(self, src: int, dst: int, payload: Buffer, /) -> tuple[bool, bool, list[tuple[str, str]]]:
-        """Reclaim, take a transmit buffer, write header and payload, publish: (sent, kick, errors)."""
+    def tx_send(self, src: int, dst: int, payload: Buffer, bell: Doorbell | None = None, /) -> tuple[bool, int, list[tuple[str, str]]]:
+        """Reclaim, take a transmit buffer, write header and payload, publish: (sent, kick, errors).
+
+        kick: 0 none needed, 1 needed (the caller notifies the peer), 2 rung on ``bell`` here."""
     def tx_available(self) -> bool:
         """Could tx_send find a transmit buffer now?"""
 
@@ -59,13 +71,21 @@ class DeviceRing:
     def has_available(self) -> bool: ...
     def get_available(self) -> tuple[int, int, int, int] | None: ...
     def put_used(self, head: int, length: int, *, publish: bool = True) -> None: ...
-    def rx_batch(self, buffer_size: int, /) -> tuple[list[tuple[int, int, bytes] | tuple[str, str]], bool, bool]:
-        """One receive poll: (events (src, dst, payload) and errors (kind, message) in order, more pending, kick)."""
+    def rx_batch(
+        self, buffer_size: int, ns_addr: int = -1, direct: dict[int, Callable[[tuple[int, bytes]], object]] | None = None, /
+    ) -> tuple[list[tuple[int, int, bytes] | tuple[str, str]], bool, bool, int, int, int]:
+        """One receive poll: (events (src, dst, payload) and errors (kind, message) in order, more pending,
+        kick, messages handed to ``direct``, data messages in the batch (delivered or not; name-service
+        records to ``ns_addr`` excluded), their payload bytes).
+
+        Data messages for an address in ``direct`` go to ``direct[dst]((src, payload))`` after the ring
+        work, until the first data or name-service (to ``ns_addr``) message that is not; it and the rest
+        stay in the events."""
     def put_message(self, head: int, addr: int, length: int, src: int, dst: int, payload: Buffer, /) -> bool:
         """Write the header and payload at addr, return the held head used; True if the driver wants a kick."""
-    def tx_send(self, src: int, dst: int, payload: Buffer, /) -> tuple[bool, bool, list[tuple[str, str]]]:
+    def tx_send(self, src: int, dst: int, payload: Buffer, bell: Doorbell | None = None, /) -> tuple[bool, int, list[tuple[str, str]]]:
         """Take a driver buffer (stashed or newly available), write header and payload, return it used:
-        (sent, kick, errors)."""
+        (sent, kick, errors); kick as `DriverRing.tx_send` says."""
     def tx_available(self) -> bool:
         """Could tx_send find a driver buffer now?"""
 

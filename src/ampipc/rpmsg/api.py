@@ -31,6 +31,8 @@ from typing import Any, TYPE_CHECKING
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+    from .. import _vring
+
 
 from ..errors import IpcError, NoBuffer, PeerDied, Timeout
 from ..region import Region
@@ -102,6 +104,9 @@ class RpmsgDevice:
         self.on_new_service = on_new_service
         self._lock = threading.Lock()
         self._endpoints = EndpointTable()
+        # Without an I/O thread receivers poll for themselves, so the receive poll may queue their
+        # messages itself (nobody sleeps on an endpoint's condition to be told).
+        self._endpoints.direct_enabled = not io_thread
         publish = getattr(transport, "publish_endpoints", None)
         if publish is not None:  # a transport in an ampipc Region: tools see the endpoints
             table = self._endpoints
@@ -112,6 +117,9 @@ class RpmsgDevice:
         self._thread: threading.Thread | None = None
         deadline = None if open_timeout is None else time.monotonic() + open_timeout
         transport.open(open_timeout)
+        self._doorbell = transport.doorbell
+        # a C doorbell the C transmit ring rings itself, within its send call
+        self._native_bell: _vring.Doorbell | None = getattr(self._doorbell, "native", None)
         try:
             self._core = RpmsgVirtio(
                 transport.window,
@@ -236,9 +244,13 @@ class RpmsgDevice:
         if self._closed_reason is None:
             # The common case first, without the retry loop's clock reads: a buffer is free now.
             core = self._core
-            with self._lock:
-                sent = core.try_send(src, dst, data)
+            lock = self._lock
+            lock.acquire()  # not `with`: this runs once per message, and a `with` costs twice as much
+            try:
+                sent = core.try_send(src, dst, data, self._native_bell)
                 kick = core.take_kick()
+            finally:
+                lock.release()
             if kick:
                 self._ring()
             if sent or not block:
@@ -273,7 +285,7 @@ class RpmsgDevice:
             time.sleep(_TX_RETRY)
 
     def _ring(self) -> None:
-        self.transport.doorbell.ring()
+        self._doorbell.ring()
         self._core.statistics.kicks_sent += 1
 
     def _kick_if_needed(self) -> None:
@@ -287,6 +299,22 @@ class RpmsgDevice:
             if self._peer_gone:
                 raise PeerDied(f"the rpmsg peer is gone: {reason}")
             raise IpcError(f"the rpmsg link is closed: {reason}")
+
+    def _reroute(self, endpoint: Endpoint) -> None:
+        with self._lock:
+            self._endpoints.refresh(endpoint)
+
+    def _receive(self, endpoint: Endpoint, timeout: float | None) -> tuple[int, bytes]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self._thread is None and self._closed_reason is None and not endpoint.destroyed:
+            # Without an I/O thread the receiver polls, and one poll usually brings the message:
+            # that poll first, without the loop's checks (the loop makes them if it did not).
+            first = _POLL_SLICE if timeout is None else min(timeout, _POLL_SLICE)
+            core = self._core
+            if first > 0 and not core.more_pending and self._doorbell.wait(first):
+                core.statistics.kicks_received += 1
+            self._service()
+        return endpoint._receive_loop(deadline, timeout)
 
     def _wait_slice(self, endpoint: Endpoint, timeout: float) -> None:
         if self._thread is not None:
@@ -307,33 +335,43 @@ class RpmsgDevice:
         Returns the number of events handled. (With an I/O thread this only rescans.)
         """
         self._check_open()
-        if self._thread is None and timeout > 0 and self.transport.doorbell.wait(timeout):
-            self._core.statistics.kicks_received += 1
+        core = self._core
+        # Messages left by a poll that stopped at its limit are there now: no kick to wait for.
+        if self._thread is None and timeout > 0 and not core.more_pending and self._doorbell.wait(timeout):
+            core.statistics.kicks_received += 1
         handled = self._service()
-        if self.transport.doorbell.peer_gone and self._closed_reason is None:
+        if self._doorbell.peer_gone and self._closed_reason is None:
             self._service()
             self._mark_closed("the peer closed the connection", peer_gone=True)
         return handled
 
     def _service(self) -> int:
         core = self._core
-        with self._lock:
-            events = core.poll_raw()
-            table = self._endpoints
-            routed = [table.route_data(*e) if isinstance(e, tuple) else table.route(e) for e in events]
+        table = self._endpoints
+        lock = self._lock
+        lock.acquire()  # not `with`, as in `_send`
+        try:
+            if table.direct_enabled:
+                events, delivered = core.poll_direct(table.direct)
+            else:
+                events, delivered = core.poll_raw(), 0
+            routed = [table.route_data(*e) if isinstance(e, tuple) else table.route(e) for e in events] if events else []
             kick = core.take_kick()
+        finally:
+            lock.release()
         if kick:
             self._ring()
         for item in routed:
             self._dispatch(item)
-        return len(routed)
+        return len(routed) + delivered
 
     def _dispatch(self, item: tuple[Endpoint, int, bytes] | Delivery | Bound | Unbound | NewService | Dropped) -> None:
         try:
             if isinstance(item, tuple):  # a data message, the hot path
                 ept, src, payload = item
-                if ept.callback is not None:
-                    ept.callback(ept, payload, src)
+                callback = ept._callback
+                if callback is not None:
+                    callback(ept, payload, src)
                 else:
                     ept._deliver(src, payload)
             elif isinstance(item, Delivery):
@@ -357,7 +395,7 @@ class RpmsgDevice:
             log.exception("%s: an rpmsg callback raised", self.transport.description)
 
     def _run(self) -> None:
-        doorbell = self.transport.doorbell
+        doorbell = self._doorbell
         stats = self._core.statistics
         try:
             while not self._stop.is_set():

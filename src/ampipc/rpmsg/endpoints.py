@@ -19,6 +19,14 @@ The table is plain data guarded by its owner's lock; it never calls user code. `
 happened, and the owner runs callbacks outside its lock, so a callback may send or create
 endpoints.
 
+Direct delivery: when its owner turns it on (a link without an I/O thread, whose receivers poll for
+themselves), the table keeps `EndpointTable.direct`, local address -> the ``append`` of the queue,
+for exactly the endpoints a data message could only be queued to: in the table, bound, without a
+callback. The C receive poll hands their messages over itself (`RpmsgVirtio.poll_direct`). Every
+change that could move an endpoint in or out of that set (add, remove, binding, unbinding, a new
+``callback`` or ``dest``) refreshes its entry, so a direct delivery is always the delivery `route`
+would have made.
+
 An `Endpoint` delivers either to its callback (``callback(endpoint, data, src)``, run on the link's
 I/O thread, like an OpenAMP endpoint callback) or, without a callback, to its own queue, read with
 `Endpoint.receive`.
@@ -64,6 +72,8 @@ class _Link(Protocol):
     def _wait_slice(self, endpoint: Endpoint, timeout: float) -> None: ...
     def _check_open(self) -> None: ...
     def _wait_event(self, event: threading.Event, timeout: float) -> bool: ...
+    def _receive(self, endpoint: Endpoint, timeout: float | None) -> tuple[int, bytes]: ...
+    def _reroute(self, endpoint: Endpoint) -> None: ...
 
 
 class Endpoint:
@@ -81,8 +91,10 @@ class Endpoint:
         self._link = link
         self.name = name
         self.addr = addr
-        self.dest = dest
-        self.callback = callback
+        # Written by the table under the link's lock (then `_reroute` is not called: the table
+        # refreshes its direct entry itself); the properties below are for everyone else.
+        self._dest = dest
+        self._callback = callback
         self.on_unbind = on_unbind
         self._queue: deque[tuple[int, bytes]] = deque()
         self._cond = threading.Condition()
@@ -94,13 +106,33 @@ class Endpoint:
             self._bound.set()
 
     def __repr__(self) -> str:
-        dest = "ANY" if self.dest == RPMSG_ADDR_ANY else f"{self.dest:#x}"
+        dest = "ANY" if self._dest == RPMSG_ADDR_ANY else f"{self._dest:#x}"
         return f"<Endpoint {self.name!r} addr={self.addr:#x} dest={dest}>"
+
+    @property
+    def dest(self) -> int:
+        """The peer address messages go to (OpenAMP's ``dest_addr``); ANY until bound."""
+        return self._dest
+
+    @dest.setter
+    def dest(self, value: int) -> None:
+        self._dest = value
+        self._link._reroute(self)
+
+    @property
+    def callback(self) -> EndpointCallback | None:
+        """``callback(endpoint, data, src)`` for each message, or None: messages queue for `receive`."""
+        return self._callback
+
+    @callback.setter
+    def callback(self, value: EndpointCallback | None) -> None:
+        self._callback = value
+        self._link._reroute(self)
 
     @property
     def is_bound(self) -> bool:
         """True once the endpoint knows its peer address (OpenAMP's ``is_rpmsg_ept_ready``)."""
-        return self.dest != RPMSG_ADDR_ANY
+        return self._dest != RPMSG_ADDR_ANY
 
     @property
     def peer_unbound(self) -> bool:
@@ -129,13 +161,17 @@ class Endpoint:
     # ---- sending --------------------------------------------------------------------------------
     def send(self, data: bytes | bytearray | memoryview, timeout: float | None = 15.0) -> None:
         """Send to the bound peer; waits up to ``timeout`` s for a free buffer, then NoBuffer."""
-        self.send_to(self.dest, data, timeout)
+        dest = self._dest
+        if dest == RPMSG_ADDR_ANY:
+            raise IpcError(f"endpoint {self.name!r} has no destination yet (not bound)")
+        self._link._send(self.addr, dest, data, timeout, True)
 
     def try_send(self, data: bytes | bytearray | memoryview) -> bool:
         """Send to the bound peer if a buffer is free now; False otherwise."""
-        if self.dest == RPMSG_ADDR_ANY:
+        dest = self._dest
+        if dest == RPMSG_ADDR_ANY:
             raise IpcError(f"endpoint {self.name!r} has no destination yet (not bound)")
-        return self._link._send(self.addr, self.dest, data, 0.0, False)
+        return self._link._send(self.addr, dest, data, 0.0, False)
 
     def send_to(self, dst: int, data: bytes | bytearray | memoryview, timeout: float | None = 15.0) -> None:
         """Send to address ``dst``; waits up to ``timeout`` s for a free buffer, then NoBuffer."""
@@ -146,19 +182,35 @@ class Endpoint:
     # ---- receiving ------------------------------------------------------------------------------
     def receive_from(self, timeout: float | None = None) -> tuple[int, bytes]:
         """The next (src, payload) queued for this endpoint (endpoints without a callback)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        queue = self._queue
+        if queue:  # popleft is atomic, the lock is for sleepers: a message already here costs no lock
+            try:
+                return queue.popleft()
+            except IndexError:  # another thread took it
+                pass
+        return self._link._receive(self, timeout)
+
+    def _receive_loop(self, deadline: float | None, timeout: float | None) -> tuple[int, bytes]:
+        """Wait for a message in slices of the link's wait until ``deadline`` (monotonic)."""
+        queue = self._queue
         while True:
-            with self._cond:
-                if self._queue:
-                    return self._queue.popleft()
+            if queue:
+                try:
+                    return queue.popleft()
+                except IndexError:
+                    pass
             try:
                 self._check_link()
-            except IpcError:
+            except IpcError as exc:
+                closed: IpcError | None = exc
+            else:
+                closed = None
+            if closed is not None:
                 # drain before you declare death: what the link delivered before it closed is still read
-                with self._cond:
-                    if self._queue:
-                        return self._queue.popleft()
-                raise
+                try:
+                    return queue.popleft()
+                except IndexError:
+                    raise closed from None
             if self.destroyed:
                 raise IpcError(f"endpoint {self.name!r} is destroyed")
             left = 0.1 if deadline is None else deadline - time.monotonic()
@@ -250,6 +302,19 @@ class EndpointTable:
         # Announcements no endpoint claimed yet, by name: an endpoint created later with that
         # name binds at once (the announcement may arrive before the application creates it).
         self.unclaimed: dict[str, int] = {}
+        # Local address -> queue append of the endpoints the receive poll may deliver to itself;
+        # kept only while direct_enabled (see the module docstring).
+        self.direct: dict[int, Callable[[tuple[int, bytes]], object]] = {}
+        self.direct_enabled = False
+
+    def refresh(self, endpoint: Endpoint) -> None:
+        """Put ``endpoint`` in `direct` or take it out, as its state now says."""
+        if self._by_addr.get(endpoint.addr) is not endpoint:
+            return  # not (or no longer) in this table: its address may be another endpoint's now
+        if self.direct_enabled and endpoint._callback is None and endpoint._dest != RPMSG_ADDR_ANY:
+            self.direct[endpoint.addr] = endpoint._queue.append
+        else:
+            self.direct.pop(endpoint.addr, None)
 
     def __iter__(self) -> Iterator[Endpoint]:
         return iter(list(self._by_addr.values()))
@@ -271,6 +336,7 @@ class EndpointTable:
         if endpoint.addr in self._by_addr:
             raise IpcError(f"rpmsg address {endpoint.addr:#x} is in use")
         self._by_addr[endpoint.addr] = endpoint
+        self.refresh(endpoint)
         self._changed()
 
     def _changed(self) -> None:
@@ -279,7 +345,7 @@ class EndpointTable:
 
     def listing(self) -> list[tuple[str, int, int]]:
         """(name, local address, remote address) of every endpoint, by address."""
-        return [(e.name, e.addr, e.dest) for _, e in sorted(self._by_addr.items())]
+        return [(e.name, e.addr, e._dest) for _, e in sorted(self._by_addr.items())]
 
     def claim(self, name: str) -> int | None:
         """The address of an unclaimed announcement of ``name`` (now claimed), or None."""
@@ -288,16 +354,18 @@ class EndpointTable:
     def remove(self, endpoint: Endpoint) -> None:
         if self._by_addr.get(endpoint.addr) is endpoint:
             del self._by_addr[endpoint.addr]
+            self.direct.pop(endpoint.addr, None)
             self._changed()
 
     def route(self, event: Message | NameService) -> Routed:
         if isinstance(event, NameService):
             if not event.destroy:
                 for ept in self._by_addr.values():
-                    if ept.name == event.name and ept.dest == RPMSG_ADDR_ANY:
-                        ept.dest = event.addr
+                    if ept.name == event.name and ept._dest == RPMSG_ADDR_ANY:
+                        ept._dest = event.addr
                         ept._unbound.clear()
                         ept._bound.set()
+                        self.refresh(ept)
                         self._changed()
                         return Bound(ept, event.addr)
                 self.unclaimed.pop(event.name, None)
@@ -307,10 +375,11 @@ class EndpointTable:
                     del self.unclaimed[next(iter(self.unclaimed))]
                 return NewService(event.name, event.addr)
             for ept in self._by_addr.values():
-                if ept.name == event.name and ept.dest == event.addr:
-                    ept.dest = RPMSG_ADDR_ANY
+                if ept.name == event.name and ept._dest == event.addr:
+                    ept._dest = RPMSG_ADDR_ANY
                     ept._bound.clear()
                     ept._unbound.set()
+                    self.refresh(ept)
                     self._changed()
                     return Unbound(ept)
             if self.unclaimed.get(event.name) == event.addr:
@@ -324,8 +393,9 @@ class EndpointTable:
         target = self._by_addr.get(dst)
         if target is None:
             return Dropped(dst, f"message from {src:#x} to unknown address {dst:#x}")
-        if target.dest == RPMSG_ADDR_ANY and src != RPMSG_ADDR_ANY:
-            target.dest = src
+        if target._dest == RPMSG_ADDR_ANY and src != RPMSG_ADDR_ANY:
+            target._dest = src
             target._bound.set()
+            self.refresh(target)
             self._changed()
         return (target, src, payload)

@@ -41,6 +41,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -180,6 +181,7 @@ class RpmsgVirtio:
         self.statistics = LinkStatistics()
         self.features = 0
         self.ns_enabled = False
+        self._ns_addr = -1
         self.started = False
         self.table: ResourceTable | None = None
         self._kick = False
@@ -239,6 +241,7 @@ class RpmsgVirtio:
         w.put_u32(table.gfeatures_offset, gfeatures)
         self.features = dfeatures & gfeatures
         self.ns_enabled = bool(self.features & FEATURE_NS)
+        self._ns_addr = RPMSG_NS_ADDR if self.ns_enabled else -1  # the C receive poll's view of it
         rx = make_driver_queue(w, table.vrings[0].geometry, f"{self.name}/vring0", fast=self.fast)
         tx = make_driver_queue(w, table.vrings[1].geometry, f"{self.name}/vring1", fast=self.fast)
         rx.reset()
@@ -293,6 +296,7 @@ class RpmsgVirtio:
         w = self.window
         self.features = w.u32(table.dfeatures_offset) & w.u32(table.gfeatures_offset)
         self.ns_enabled = bool(self.features & FEATURE_NS)
+        self._ns_addr = RPMSG_NS_ADDR if self.ns_enabled else -1  # the C receive poll's view of it
         pool = (self.pool_offset, self.pool_offset + self.pool_size)
         tx = make_device_queue(w, table.vrings[0].geometry, pool, f"{self.name}/vring0", fast=self.fast)
         rx = make_device_queue(w, table.vrings[1].geometry, pool, f"{self.name}/vring1", fast=self.fast)
@@ -318,8 +322,23 @@ class RpmsgVirtio:
         fast_rx = self._fast_rx
         if fast_rx is not None:  # straight to the C ring's batch poll
             self._raw = True
-            return self._take_batch(fast_rx.rx_batch(self.buffer_size))
+            return self._take_batch(fast_rx.rx_batch(self.buffer_size, self._ns_addr))
         return self._poll(True)
+
+    def poll_direct(self, direct: dict[int, Callable[[tuple[int, bytes]], object]]) -> tuple[list[Event | RawMessage], int]:
+        """As `poll_raw`, handing data messages for the addresses in ``direct`` to ``direct[dst]((src, payload))``.
+
+        Returns the other events and how many messages went direct. The hand-over stops at the first
+        data or name-service message that is not for ``direct`` (that one and the rest are returned), so
+        the caller sees every binding change before the messages after it. On the C path the
+        hand-over runs inside the ring's batch call; on the reference path nothing goes direct.
+        """
+        fast_rx = self._fast_rx
+        if fast_rx is None:
+            return self._poll(True), 0
+        self._raw = True
+        batch = fast_rx.rx_batch(self.buffer_size, self._ns_addr, direct)
+        return self._take_batch(batch), batch[3]
 
     def _poll(self, raw: bool) -> list[Event | RawMessage]:
         if not self.started:
@@ -371,33 +390,38 @@ class RpmsgVirtio:
         events.append((src, dst, payload) if self._raw else Message(src, dst, payload))
 
     def _take_batch(
-        self, batch: tuple[list[tuple[int, int, bytes] | tuple[str, str]], bool, bool]
+        self, batch: tuple[list[tuple[int, int, bytes] | tuple[str, str]], bool, bool, int, int, int]
     ) -> list[Event | RawMessage]:
-        """The result of a C receive poll, through the same error and event handling as the loops below."""
-        items, self._more, kick = batch
-        events: list[Event | RawMessage] = []
-        st = self.statistics
+        """The result of a C receive poll, through the same error and event handling as the loops below.
+
+        The C poll counted the batch's data messages (`_event`'s data branch); what is left here is
+        errors, name-service records and, off the raw path, the `Message` objects.
+        """
+        items, self._more, kick, delivered, data, data_bytes = batch
+        if kick:
+            self._kick = True
+        if data:
+            st = self.statistics
+            st.messages_received += data
+            st.bytes_received += data_bytes
         raw = self._raw
+        if raw and len(items) == data - delivered:
+            return items  # type: ignore[return-value]  # data messages only: (src, dst, payload) each
+        events: list[Event | RawMessage] = []
         for item in items:
             if len(item) != 3:
                 self._error(*item)
             elif item[1] == RPMSG_NS_ADDR and self.ns_enabled:
                 self._event(*item, events)
             else:
-                # `_event`'s data branch, inline: this loop runs once per message received
-                src, dst, payload = item
-                st.messages_received += 1
-                st.bytes_received += len(payload)
-                events.append((src, dst, payload) if raw else Message(src, dst, payload))
-        if kick:
-            self._kick = True
+                events.append(item if raw else Message(*item))  # type: ignore[arg-type]
         return events
 
     def _poll_driver(self) -> list[Event | RawMessage]:
         rx = self._drv_rx
         assert rx is not None
         if isinstance(rx, _vring.DriverRing):
-            return self._take_batch(rx.rx_batch(self.buffer_size))
+            return self._take_batch(rx.rx_batch(self.buffer_size, self._ns_addr))
         events: list[Event | RawMessage] = []
         # Reposted only after the batch: a head reposted at once would be in flight again, and a
         # second used element naming it in the same batch would pass for a fresh message.
@@ -432,7 +456,7 @@ class RpmsgVirtio:
         rx = self._dev_rx
         assert rx is not None
         if isinstance(rx, _vring.DeviceRing):
-            return self._take_batch(rx.rx_batch(self.buffer_size))
+            return self._take_batch(rx.rx_batch(self.buffer_size, self._ns_addr))
         events: list[Event | RawMessage] = []
         returned = 0
         self._more = False
@@ -460,8 +484,14 @@ class RpmsgVirtio:
         return events
 
     # ---- send -----------------------------------------------------------------------------------
-    def try_send(self, src: int, dst: int, payload: bytes | bytearray | memoryview) -> bool:
-        """Send one message now if a transmit buffer is free; False if none is."""
+    def try_send(
+        self, src: int, dst: int, payload: bytes | bytearray | memoryview, bell: _vring.Doorbell | None = None
+    ) -> bool:
+        """Send one message now if a transmit buffer is free; False if none is.
+
+        ``bell``: on the C path, a kick the message needs rings it at once (counted in ``kicks_sent``)
+        instead of waiting for `take_kick`; the reference path ignores it.
+        """
         if not self.started:
             raise ProtocolError("the link is not started")
         n = len(payload)
@@ -469,10 +499,12 @@ class RpmsgVirtio:
             raise MessageTooLarge(f"a {n}-byte payload exceeds the rpmsg maximum of {self.max_payload} bytes")
         fast_tx = self._fast_tx
         if fast_tx is not None:  # `_send_driver` / `_send_device` in one C call, straight
-            sent, kick, errors = fast_tx.tx_send(src, dst, payload)
+            sent, kick, errors = fast_tx.tx_send(src, dst, payload, bell)
             for kind, message in errors:
                 self._error(kind, message)
-            if kick:
+            if kick == 2:
+                self.statistics.kicks_sent += 1
+            elif kick:
                 self._kick = True
         elif self.role is Role.DRIVER:
             sent = self._send_driver(src, dst, payload)

@@ -539,6 +539,11 @@ class FutexDoorbell:
         self.wait: Callable[[float], bool] = self._bell.wait
 
     @property
+    def native(self) -> _vring.Doorbell:
+        """The C doorbell, which a C transmit ring rings itself (`RpmsgVirtio.try_send`'s ``bell``)."""
+        return self._bell
+
+    @property
     def spin(self) -> float:
         return self._bell.spin
 
