@@ -414,7 +414,7 @@ class RpmsgVirtio:
             elif item[1] == RPMSG_NS_ADDR and self.ns_enabled:
                 self._event(*item, events)
             else:
-                events.append(item if raw else Message(*item))  # type: ignore[arg-type]
+                events.append(item if raw else Message(*item))
         return events
 
     def _poll_driver(self) -> list[Event | RawMessage]:
