@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ampipc import Region, RegionClosed, _vring
-from ampipc.rpmsg import RpmsgDevice, open_region
+from ampipc.rpmsg import Endpoint, RpmsgDevice, open_region
 from ampipc.rpmsg._wire import RPMSG_ADDR_ANY, RPMSG_NS_ADDR
 from ampipc.rpmsg.rpmsg_virtio import NameService
 
@@ -63,7 +63,7 @@ def local_and_peer(fast: bool) -> Iterator[tuple[RpmsgDevice, RpmsgDevice]]:
 
 def play(fast: bool, ops: list[tuple[Any, ...]]) -> dict[str, Any]:
     with local_and_peer(fast) as (local, peer):
-        endpoints = []
+        endpoints: list[Endpoint] = []
         calls: dict[int, list[tuple[int, bytes]]] = {}
 
         def recorder(index: int) -> Callable[[Any, bytes, int], None]:

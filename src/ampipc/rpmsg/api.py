@@ -314,6 +314,12 @@ class RpmsgDevice:
             if first > 0 and not core.more_pending and self._doorbell.wait(first):
                 core.statistics.kicks_received += 1
             self._service()
+            queue = endpoint._queue
+            if queue:
+                try:
+                    return queue.popleft()
+                except IndexError:
+                    pass
         return endpoint._receive_loop(deadline, timeout)
 
     def _wait_slice(self, endpoint: Endpoint, timeout: float) -> None:
@@ -334,13 +340,16 @@ class RpmsgDevice:
 
         Returns the number of events handled. (With an I/O thread this only rescans.)
         """
-        self._check_open()
+        if self._closed_reason is not None:
+            self._check_open()
         core = self._core
         # Messages left by a poll that stopped at its limit are there now: no kick to wait for.
         if self._thread is None and timeout > 0 and not core.more_pending and self._doorbell.wait(timeout):
             core.statistics.kicks_received += 1
         handled = self._service()
-        if self._doorbell.peer_gone and self._closed_reason is None:
+        # A peer that died is noticed by the first poll that finds nothing more from it: what it
+        # sent before is handled first (and a busy link does not pay for the liveness check).
+        if not handled and self._doorbell.peer_gone and self._closed_reason is None:
             self._service()
             self._mark_closed("the peer closed the connection", peer_gone=True)
         return handled

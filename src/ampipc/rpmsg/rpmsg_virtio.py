@@ -492,20 +492,21 @@ class RpmsgVirtio:
         ``bell``: on the C path, a kick the message needs rings it at once (counted in ``kicks_sent``)
         instead of waiting for `take_kick`; the reference path ignores it.
         """
-        if not self.started:
-            raise ProtocolError("the link is not started")
         n = len(payload)
         if n > self.buffer_size - RPMSG_HDR_SIZE:
             raise MessageTooLarge(f"a {n}-byte payload exceeds the rpmsg maximum of {self.max_payload} bytes")
         fast_tx = self._fast_tx
-        if fast_tx is not None:  # `_send_driver` / `_send_device` in one C call, straight
+        if fast_tx is not None:  # `_send_driver` / `_send_device` in one C call, straight (set once started)
             sent, kick, errors = fast_tx.tx_send(src, dst, payload, bell)
-            for kind, message in errors:
-                self._error(kind, message)
+            if errors:
+                for kind, message in errors:
+                    self._error(kind, message)
             if kick == 2:
                 self.statistics.kicks_sent += 1
             elif kick:
                 self._kick = True
+        elif not self.started:
+            raise ProtocolError("the link is not started")
         elif self.role is Role.DRIVER:
             sent = self._send_driver(src, dst, payload)
         else:
