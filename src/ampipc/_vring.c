@@ -271,8 +271,18 @@ static int decode_message(area_t *a, uint64_t addr, uint64_t capacity, uint64_t 
         return push_error(items, "header-length", msg);
     }
     if (area_check(a, addr + RPMSG_HDR_SIZE, length) < 0) return -1;
-    PyObject *t = Py_BuildValue("(IIy#)", src, dst, (const char *)(a->p + addr + RPMSG_HDR_SIZE), (Py_ssize_t)length);
+    /* built by hand: this runs once per message received, and Py_BuildValue parses its format each time */
+    PyObject *t = PyTuple_New(3);
     if (t == NULL) return -1;
+    PyObject *s = PyLong_FromUnsignedLong(src), *d = PyLong_FromUnsignedLong(dst);
+    PyObject *data = PyBytes_FromStringAndSize((const char *)(a->p + addr + RPMSG_HDR_SIZE), (Py_ssize_t)length);
+    PyTuple_SET_ITEM(t, 0, s);
+    PyTuple_SET_ITEM(t, 1, d);
+    PyTuple_SET_ITEM(t, 2, data);
+    if (s == NULL || d == NULL || data == NULL) {
+        Py_DECREF(t);
+        return -1;
+    }
     int r = PyList_Append(items, t);
     Py_DECREF(t);
     return r;
@@ -285,9 +295,11 @@ static int decode_message(area_t *a, uint64_t addr, uint64_t capacity, uint64_t 
  * is not (ns_addr is the name-service address, or -1 when the feature is off) ends direct delivery,
  * and it and everything after it stay in the batch, so the Python router sees them in wire order with
  * every binding change before it applied. Error entries stay in the batch and do not end it.
- * Returns a new reference to (rest, delivered, data messages, data bytes), or NULL with an exception
- * set; the data counts cover the whole batch, delivered or not (name-service records excluded). */
-static PyObject *deliver_direct(PyObject *events, PyObject *direct, long long ns_addr) {
+ * Returns a new reference to the rest, with the counts in *delivered_out, *data_out and *bytes_out, or
+ * NULL with an exception set; the data counts cover the whole batch, delivered or not (name-service
+ * records excluded). */
+static PyObject *deliver_direct(PyObject *events, PyObject *direct, long long ns_addr, Py_ssize_t *delivered_out,
+                                Py_ssize_t *data_out, unsigned long long *bytes_out) {
     Py_ssize_t n = PyList_GET_SIZE(events), delivered = 0, data = 0;
     unsigned long long nbytes = 0;
     PyObject *rest = NULL;
@@ -338,7 +350,10 @@ static PyObject *deliver_direct(PyObject *events, PyObject *direct, long long ns
         Py_DECREF(tail);
         if (r < 0) goto fail;
     }
-    return Py_BuildValue("(NnnK)", rest, delivered, data, nbytes);
+    *delivered_out = delivered;
+    *data_out = data;
+    *bytes_out = nbytes;
+    return rest;
 fail:
     Py_XDECREF(rest);
     return NULL;
@@ -348,21 +363,50 @@ fail:
  * (no Doorbell to ring: the caller notifies), 2 rung here; -1 with an exception set. */
 static int kick_with(PyObject *bell, int kick);
 
-static int parse_rx_args(PyObject *args, unsigned long long *buffer_size, long long *ns_addr, PyObject **direct) {
+/* rx_batch's arguments (buffer_size, ns_addr=-1, direct=None), parsed by hand (METH_FASTCALL): 1 or 0 with
+ * an exception set. */
+static int parse_rx_args(PyObject *const *args, Py_ssize_t nargs, unsigned long long *buffer_size, long long *ns_addr,
+                         PyObject **direct) {
     *ns_addr = -1;
     *direct = Py_None;
-    return PyArg_ParseTuple(args, "K|LO:rx_batch", buffer_size, ns_addr, direct);
+    if (nargs < 1 || nargs > 3) {
+        PyErr_Format(PyExc_TypeError, "rx_batch takes 1 to 3 arguments (%zd given)", nargs);
+        return 0;
+    }
+    *buffer_size = PyLong_AsUnsignedLongLong(args[0]);
+    if (*buffer_size == (unsigned long long)-1 && PyErr_Occurred()) return 0;
+    if (nargs > 1) {
+        *ns_addr = PyLong_AsLongLong(args[1]);
+        if (*ns_addr == -1 && PyErr_Occurred()) return 0;
+    }
+    if (nargs > 2) *direct = args[2];
+    return 1;
 }
 
 /* The tail every rx_batch returns: (events, more, kick, delivered, data messages, data bytes). */
 static PyObject *rx_result(PyObject *events, PyObject *direct, long long ns_addr, int more, int kick) {
-    PyObject *split = deliver_direct(events, direct, ns_addr);
+    Py_ssize_t delivered, data;
+    unsigned long long nbytes;
+    PyObject *rest = deliver_direct(events, direct, ns_addr, &delivered, &data, &nbytes);
     Py_DECREF(events);
-    if (split == NULL) return NULL;
-    PyObject *r = Py_BuildValue("(OOOOOO)", PyTuple_GET_ITEM(split, 0), more ? Py_True : Py_False,
-                                kick ? Py_True : Py_False, PyTuple_GET_ITEM(split, 1), PyTuple_GET_ITEM(split, 2),
-                                PyTuple_GET_ITEM(split, 3));
-    Py_DECREF(split);
+    if (rest == NULL) return NULL;
+    PyObject *r = PyTuple_New(6);
+    if (r == NULL) {
+        Py_DECREF(rest);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(r, 0, rest);
+    PyTuple_SET_ITEM(r, 1, Py_NewRef(more ? Py_True : Py_False));
+    PyTuple_SET_ITEM(r, 2, Py_NewRef(kick ? Py_True : Py_False));
+    PyTuple_SET_ITEM(r, 3, PyLong_FromSsize_t(delivered));
+    PyTuple_SET_ITEM(r, 4, PyLong_FromSsize_t(data));
+    PyTuple_SET_ITEM(r, 5, PyLong_FromUnsignedLongLong(nbytes));
+    for (int k = 3; k < 6; k++) {
+        if (PyTuple_GET_ITEM(r, k) == NULL) {
+            Py_DECREF(r);
+            return NULL;
+        }
+    }
     return r;
 }
 
@@ -604,14 +648,19 @@ static PyObject *driver_get_used_py(DriverRing *self, PyObject *unused) {
  * rx_batch(buffer_size, ns_addr=-1, direct=None) -> (items, more, kick, delivered, data, data bytes);
  * items are events (src, dst, payload) and error entries (kind, message) in the order met (the last
  * error must be the reference's last), less the data messages deliver_direct handed over. */
-static PyObject *driver_rx_batch(DriverRing *self, PyObject *args) {
+static PyObject *driver_rx_batch(DriverRing *self, PyObject *const *args, Py_ssize_t nargs) {
     unsigned long long buffer_size;
     long long ns_addr;
     PyObject *direct;
-    if (!parse_rx_args(args, &buffer_size, &ns_addr, &direct)) return NULL;
+    if (!parse_rx_args(args, nargs, &buffer_size, &ns_addr, &direct)) return NULL;
     PyObject *events = PyList_New(0);
-    uint64_t *repost_addr = PyMem_Malloc(self->q.num * sizeof(uint64_t));
-    uint32_t *repost_len = PyMem_Malloc(self->q.num * sizeof(uint32_t));
+    /* the repost list: on the stack for the usual ring sizes (a heap allocation per poll costs more
+     * than the poll of one message) */
+    uint64_t addr_here[256];
+    uint32_t len_here[256];
+    int on_heap = self->q.num > 256;
+    uint64_t *repost_addr = on_heap ? PyMem_Malloc(self->q.num * sizeof(uint64_t)) : addr_here;
+    uint32_t *repost_len = on_heap ? PyMem_Malloc(self->q.num * sizeof(uint32_t)) : len_here;
     area_t a;
     int opened = 0, more = 0, kick = 0;
     uint32_t nrepost = 0;
@@ -654,13 +703,17 @@ static PyObject *driver_rx_batch(DriverRing *self, PyObject *args) {
         if (driver_needs_kick(self, &a)) kick = 1;
     }
     area_close(&a);
-    PyMem_Free(repost_addr);
-    PyMem_Free(repost_len);
+    if (on_heap) {
+        PyMem_Free(repost_addr);
+        PyMem_Free(repost_len);
+    }
     return rx_result(events, direct, ns_addr, more, kick);
 fail:
     if (opened) area_close(&a);
-    PyMem_Free(repost_addr);
-    PyMem_Free(repost_len);
+    if (on_heap) {
+        PyMem_Free(repost_addr);
+        PyMem_Free(repost_len);
+    }
     Py_XDECREF(events);
     return NULL;
 }
@@ -761,6 +814,33 @@ static int driver_tx_reclaim(DriverRing *d, area_t *a, PyObject **errors) {
 
 static PyObject *errors_or_empty(PyObject *errors) { return errors != NULL ? errors : PyList_New(0); }
 
+/* tx_send's arguments (src, dst, payload, bell=None), parsed by hand (METH_FASTCALL); the payload
+ * buffer is acquired on success (release it). 1, or 0 with an exception set. */
+static int parse_tx_args(PyObject *const *args, Py_ssize_t nargs, uint32_t *src, uint32_t *dst, Py_buffer *payload,
+                         PyObject **bell) {
+    if (nargs < 3 || nargs > 4) {
+        PyErr_Format(PyExc_TypeError, "tx_send takes 3 or 4 arguments (%zd given)", nargs);
+        return 0;
+    }
+    if (parse_u32(args[0], src, "src") < 0 || parse_u32(args[1], dst, "dst") < 0) return 0;
+    *bell = nargs > 3 ? args[3] : Py_None;
+    return PyObject_GetBuffer(args[2], payload, PyBUF_SIMPLE) == 0;
+}
+
+/* tx_send's result (sent, kick, errors); errors is () when there are none (one allocation fewer). */
+static PyObject *tx_result(int sent, int kick, PyObject *errors) {
+    PyObject *r = PyTuple_New(3);
+    if (r == NULL) return NULL;
+    PyTuple_SET_ITEM(r, 0, Py_NewRef(sent ? Py_True : Py_False));
+    PyTuple_SET_ITEM(r, 1, PyLong_FromLong(kick));
+    PyTuple_SET_ITEM(r, 2, errors != NULL && PyList_GET_SIZE(errors) ? Py_NewRef(errors) : PyTuple_New(0));
+    if (PyTuple_GET_ITEM(r, 1) == NULL || PyTuple_GET_ITEM(r, 2) == NULL) {
+        Py_DECREF(r);
+        return NULL;
+    }
+    return r;
+}
+
 /* tx_reclaim() -> [(kind, message)]: RpmsgVirtio.reclaim. */
 static PyObject *driver_tx_reclaim_py(DriverRing *self, PyObject *unused) {
     area_t a;
@@ -777,15 +857,14 @@ static PyObject *driver_tx_reclaim_py(DriverRing *self, PyObject *unused) {
 
 /* tx_send(src, dst, payload, bell=None) -> (sent, kick, [(kind, message)]): RpmsgVirtio._send_driver;
  * kick as kick_with says. */
-static PyObject *driver_tx_send(DriverRing *self, PyObject *args) {
-    PyObject *src_obj, *dst_obj, *bell = Py_None;
+static PyObject *driver_tx_send(DriverRing *self, PyObject *const *args, Py_ssize_t nargs) {
+    PyObject *bell;
     Py_buffer payload;
-    if (!PyArg_ParseTuple(args, "OOy*|O:tx_send", &src_obj, &dst_obj, &payload, &bell)) return NULL;
     uint32_t src, dst;
+    if (!parse_tx_args(args, nargs, &src, &dst, &payload, &bell)) return NULL;
     PyObject *errors = NULL, *result = NULL;
     area_t a;
     int opened = 0, sent = 0, kick = 0;
-    if (parse_u32(src_obj, &src, "src") < 0 || parse_u32(dst_obj, &dst, "dst") < 0) goto out;
     if (payload.len > 0xFFFF) {
         PyErr_Format(PyExc_ValueError, "a %zd-byte payload does not fit a 16-bit header length", payload.len);
         goto out;
@@ -818,9 +897,7 @@ static PyObject *driver_tx_send(DriverRing *self, PyObject *args) {
     area_close(&a);
     opened = 0;
     if ((kick = kick_with(bell, kick)) < 0) goto out;
-    errors = errors_or_empty(errors);
-    if (errors != NULL) result = Py_BuildValue("(NiN)", PyBool_FromLong(sent), kick, errors);
-    errors = NULL;
+    result = tx_result(sent, kick, errors);
 out:
     if (opened) area_close(&a);
     Py_XDECREF(errors);
@@ -851,12 +928,12 @@ static PyMethodDef driver_methods[] = {
     {"needs_kick", (PyCFunction)driver_needs_kick_py, METH_NOARGS, "Did the device not set NO_NOTIFY?"},
     {"has_used", (PyCFunction)driver_has_used_py, METH_NOARGS, "Is a used element pending?"},
     {"get_used", (PyCFunction)driver_get_used_py, METH_NOARGS, "(head, addr, buffer length, used length) or None."},
-    {"rx_batch", (PyCFunction)driver_rx_batch, METH_VARARGS, "One receive poll of the driver."},
+    {"rx_batch", (PyCFunction)(void (*)(void))driver_rx_batch, METH_FASTCALL, "One receive poll of the driver."},
     {"reclaim", (PyCFunction)driver_reclaim, METH_NOARGS, "Take back every returned transmit buffer."},
     {"add_message", (PyCFunction)driver_add_message, METH_VARARGS, "Write header and payload, make it available."},
     {"configure_tx", (PyCFunction)driver_configure_tx, METH_VARARGS, "Set the transmit buffers: bump start, end, size."},
     {"tx_reclaim", (PyCFunction)driver_tx_reclaim_py, METH_NOARGS, "Queue the returned transmit buffers."},
-    {"tx_send", (PyCFunction)driver_tx_send, METH_VARARGS, "Reclaim, take a transmit buffer, fill and publish it."},
+    {"tx_send", (PyCFunction)(void (*)(void))driver_tx_send, METH_FASTCALL, "Reclaim, take a transmit buffer, fill and publish it."},
     {"tx_available", (PyCFunction)driver_tx_available, METH_NOARGS, "Could tx_send find a buffer now?"},
     {NULL, NULL, 0, NULL},
 };
@@ -1118,11 +1195,11 @@ static PyObject *device_put_used_py(DeviceRing *self, PyObject *args, PyObject *
 }
 
 /* RpmsgVirtio._poll_device without the name-service split (same result shape as the driver's). */
-static PyObject *device_rx_batch(DeviceRing *self, PyObject *args) {
+static PyObject *device_rx_batch(DeviceRing *self, PyObject *const *args, Py_ssize_t nargs) {
     unsigned long long buffer_size;
     long long ns_addr;
     PyObject *direct;
-    if (!parse_rx_args(args, &buffer_size, &ns_addr, &direct)) return NULL;
+    if (!parse_rx_args(args, nargs, &buffer_size, &ns_addr, &direct)) return NULL;
     PyObject *events = PyList_New(0);
     area_t a;
     int opened = 0, more = 0, kick = 0;
@@ -1192,21 +1269,19 @@ out:
 
 /* tx_send(src, dst, payload, bell=None) -> (sent, kick, [(kind, message)]): RpmsgVirtio._send_device;
  * kick as kick_with says. */
-static PyObject *device_tx_send(DeviceRing *self, PyObject *args) {
-    PyObject *src_obj, *dst_obj, *bell = Py_None;
+static PyObject *device_tx_send(DeviceRing *self, PyObject *const *args, Py_ssize_t nargs) {
+    PyObject *bell;
     Py_buffer payload;
-    if (!PyArg_ParseTuple(args, "OOy*|O:tx_send", &src_obj, &dst_obj, &payload, &bell)) return NULL;
     uint32_t src, dst;
+    if (!parse_tx_args(args, nargs, &src, &dst, &payload, &bell)) return NULL;
     PyObject *errors = NULL, *result = NULL;
     area_t a;
     int opened = 0, sent = 0, kick = 0;
     char msg[ERRMSG];
-    if (parse_u32(src_obj, &src, "src") < 0 || parse_u32(dst_obj, &dst, "dst") < 0) goto out;
     if (payload.len > 0xFFFF) {
         PyErr_Format(PyExc_ValueError, "a %zd-byte payload does not fit a 16-bit header length", payload.len);
         goto out;
     }
-    if ((errors = PyList_New(0)) == NULL) goto out;
     if (queue_open(&self->q, &a) < 0) goto out;
     opened = 1;
     uint64_t need = RPMSG_HDR_SIZE + (uint64_t)payload.len;
@@ -1236,6 +1311,7 @@ static PyObject *device_tx_send(DeviceRing *self, PyObject *args) {
         ring_err_t e;
         int r = device_get_available(self, &a, &h, &ad, &len, &flags, &e);
         if (r == 2) {
+            if (errors == NULL && (errors = PyList_New(0)) == NULL) goto out;
             if (push_error(errors, "avail-ring", e.msg) < 0) goto out;
             if (e.head >= 0) device_put_used(self, &a, (uint32_t)e.head, 0, 1);
             continue;
@@ -1244,6 +1320,7 @@ static PyObject *device_tx_send(DeviceRing *self, PyObject *args) {
         if (len < RPMSG_HDR_SIZE) {
             /* no message ever fits: keeping it would hold the driver's buffer for nothing */
             snprintf(msg, sizeof msg, "%s: descriptor %u of %u bytes cannot hold a header", qname(&self->q), h, len);
+            if (errors == NULL && (errors = PyList_New(0)) == NULL) goto out;
             if (push_error(errors, "short-buffer", msg) < 0) goto out;
             device_put_used(self, &a, h, 0, 1);
             continue;
@@ -1269,7 +1346,7 @@ static PyObject *device_tx_send(DeviceRing *self, PyObject *args) {
     area_close(&a);
     opened = 0;
     if ((kick = kick_with(bell, kick)) < 0) goto out;
-    result = Py_BuildValue("(NiO)", PyBool_FromLong(sent), kick, errors);
+    result = tx_result(sent, kick, errors);
 out:
     if (opened) area_close(&a);
     Py_XDECREF(errors);
@@ -1295,9 +1372,9 @@ static PyMethodDef device_methods[] = {
     {"has_available", (PyCFunction)device_has_available_py, METH_NOARGS, "Is an avail entry pending?"},
     {"get_available", (PyCFunction)device_get_available_py, METH_NOARGS, "(head, addr, length, flags) or None."},
     {"put_used", (PyCFunction)(void (*)(void))device_put_used_py, METH_VARARGS | METH_KEYWORDS, "Return a held buffer."},
-    {"rx_batch", (PyCFunction)device_rx_batch, METH_VARARGS, "One receive poll of the device."},
+    {"rx_batch", (PyCFunction)(void (*)(void))device_rx_batch, METH_FASTCALL, "One receive poll of the device."},
     {"put_message", (PyCFunction)device_put_message, METH_VARARGS, "Write header and payload, return the buffer used."},
-    {"tx_send", (PyCFunction)device_tx_send, METH_VARARGS, "Take a driver buffer, fill it, return it used."},
+    {"tx_send", (PyCFunction)(void (*)(void))device_tx_send, METH_FASTCALL, "Take a driver buffer, fill it, return it used."},
     {"tx_available", (PyCFunction)device_tx_available, METH_NOARGS, "Could tx_send find a buffer now?"},
     {NULL, NULL, 0, NULL},
 };
