@@ -290,8 +290,10 @@ static int decode_message(area_t *a, uint64_t addr, uint64_t capacity, uint64_t 
 
 /* The endpoint layer's direct delivery, after a batch's ring work is done (so whatever the callables
  * run cannot meet a ring in mid-update). direct maps a local address to a callable taking
- * (src, payload): the append of the queue of a bound endpoint without a callback. Data messages to
- * such addresses are handed over while the batch allows; the first data or name-service message that
+ * (src, payload), the append of the queue of a bound endpoint without a callback, or to a pair
+ * (callback, endpoint) of a bound endpoint with one: its message becomes the call
+ * (callback, endpoint, payload, src) in *calls_out, for the caller to make once it holds no lock
+ * (a callback may send). Data messages to such addresses are handed over while the batch allows; the first data or name-service message that
  * is not (ns_addr is the name-service address, or -1 when the feature is off) ends direct delivery,
  * and it and everything after it stay in the batch, so the Python router sees them in wire order with
  * every binding change before it applied. Error entries stay in the batch and do not end it.
@@ -299,10 +301,10 @@ static int decode_message(area_t *a, uint64_t addr, uint64_t capacity, uint64_t 
  * NULL with an exception set; the data counts cover the whole batch, delivered or not (name-service
  * records excluded). */
 static PyObject *deliver_direct(PyObject *events, PyObject *direct, long long ns_addr, Py_ssize_t *delivered_out,
-                                Py_ssize_t *data_out, unsigned long long *bytes_out) {
+                                Py_ssize_t *data_out, unsigned long long *bytes_out, PyObject **calls_out) {
     Py_ssize_t n = PyList_GET_SIZE(events), delivered = 0, data = 0;
     unsigned long long nbytes = 0;
-    PyObject *rest = NULL;
+    PyObject *rest = NULL, *calls = NULL;
     Py_ssize_t i = 0;
     for (Py_ssize_t k = 0; k < n; k++) {
         PyObject *item = PyList_GET_ITEM(events, k);
@@ -319,7 +321,7 @@ static PyObject *deliver_direct(PyObject *events, PyObject *direct, long long ns
         for (; i < n; i++) {
             PyObject *item = PyList_GET_ITEM(events, i);
             if (PyTuple_GET_SIZE(item) != 3) { /* an error entry: the router records it */
-                if (rest == NULL && (rest = PyList_New(0)) == NULL) return NULL;
+                if (rest == NULL && (rest = PyList_New(0)) == NULL) goto fail;
                 if (PyList_Append(rest, item) < 0) goto fail;
                 continue;
             }
@@ -329,6 +331,16 @@ static PyObject *deliver_direct(PyObject *events, PyObject *direct, long long ns
             if (target == NULL) {
                 if (PyErr_Occurred()) goto fail;
                 break;
+            }
+            if (PyTuple_Check(target) && PyTuple_GET_SIZE(target) == 2) { /* (callback, endpoint) */
+                if (calls == NULL && (calls = PyList_New(0)) == NULL) goto fail;
+                PyObject *call = PyTuple_Pack(4, PyTuple_GET_ITEM(target, 0), PyTuple_GET_ITEM(target, 1),
+                                              PyTuple_GET_ITEM(item, 2), PyTuple_GET_ITEM(item, 0));
+                int r = call == NULL ? -1 : PyList_Append(calls, call);
+                Py_XDECREF(call);
+                if (r < 0) goto fail;
+                delivered++;
+                continue;
             }
             Py_INCREF(target); /* the callable may change the dict */
             PyObject *pair = PyTuple_Pack(2, PyTuple_GET_ITEM(item, 0), PyTuple_GET_ITEM(item, 2));
@@ -342,7 +354,7 @@ static PyObject *deliver_direct(PyObject *events, PyObject *direct, long long ns
     }
     if (rest == NULL) {
         rest = i == 0 ? (Py_INCREF(events), events) : PyList_GetSlice(events, i, n);
-        if (rest == NULL) return NULL;
+        if (rest == NULL) goto fail;
     } else if (i < n) {
         PyObject *tail = PyList_GetSlice(events, i, n);
         if (tail == NULL) goto fail;
@@ -350,12 +362,15 @@ static PyObject *deliver_direct(PyObject *events, PyObject *direct, long long ns
         Py_DECREF(tail);
         if (r < 0) goto fail;
     }
+    if (calls == NULL && (calls = PyTuple_New(0)) == NULL) goto fail;
     *delivered_out = delivered;
     *data_out = data;
     *bytes_out = nbytes;
+    *calls_out = calls;
     return rest;
 fail:
     Py_XDECREF(rest);
+    Py_XDECREF(calls);
     return NULL;
 }
 
@@ -383,18 +398,21 @@ static int parse_rx_args(PyObject *const *args, Py_ssize_t nargs, unsigned long 
     return 1;
 }
 
-/* The tail every rx_batch returns: (events, more, kick, delivered, data messages, data bytes). */
+/* The tail every rx_batch returns: (events, more, kick, delivered, data messages, data bytes, calls). */
 static PyObject *rx_result(PyObject *events, PyObject *direct, long long ns_addr, int more, int kick) {
     Py_ssize_t delivered, data;
     unsigned long long nbytes;
-    PyObject *rest = deliver_direct(events, direct, ns_addr, &delivered, &data, &nbytes);
+    PyObject *calls;
+    PyObject *rest = deliver_direct(events, direct, ns_addr, &delivered, &data, &nbytes, &calls);
     Py_DECREF(events);
     if (rest == NULL) return NULL;
-    PyObject *r = PyTuple_New(6);
+    PyObject *r = PyTuple_New(7);
     if (r == NULL) {
         Py_DECREF(rest);
+        Py_DECREF(calls);
         return NULL;
     }
+    PyTuple_SET_ITEM(r, 6, calls);
     PyTuple_SET_ITEM(r, 0, rest);
     PyTuple_SET_ITEM(r, 1, Py_NewRef(more ? Py_True : Py_False));
     PyTuple_SET_ITEM(r, 2, Py_NewRef(kick ? Py_True : Py_False));
@@ -645,7 +663,7 @@ static PyObject *driver_get_used_py(DriverRing *self, PyObject *unused) {
 }
 
 /* RpmsgVirtio._poll_driver without the name-service split:
- * rx_batch(buffer_size, ns_addr=-1, direct=None) -> (items, more, kick, delivered, data, data bytes);
+ * rx_batch(buffer_size, ns_addr=-1, direct=None) -> (items, more, kick, delivered, data, data bytes, calls);
  * items are events (src, dst, payload) and error entries (kind, message) in the order met (the last
  * error must be the reference's last), less the data messages deliver_direct handed over. */
 static PyObject *driver_rx_batch(DriverRing *self, PyObject *const *args, Py_ssize_t nargs) {

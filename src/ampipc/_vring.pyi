@@ -4,9 +4,14 @@
 method; the batch calls mirror the hot loops of `ampipc.rpmsg.rpmsg_virtio.RpmsgVirtio`.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from typing_extensions import Buffer
+
+# A direct entry: a queue's append, or (callback, endpoint); a call: (callback, endpoint, payload, src).
+DirectTarget = Callable[[tuple[int, bytes]], object] | tuple[Callable[[Any, bytes, int], object], Any]
+DirectCall = tuple[Callable[[Any, bytes, int], object], Any, bytes, int]
 
 class DriverRing:
     def __init__(self, area: Buffer, da: int, num: int, align: int, name: str = "vring") -> None: ...
@@ -26,15 +31,16 @@ class DriverRing:
     def has_used(self) -> bool: ...
     def get_used(self) -> tuple[int, int, int, int] | None: ...
     def rx_batch(
-        self, buffer_size: int, ns_addr: int = -1, direct: dict[int, Callable[[tuple[int, bytes]], object]] | None = None, /
-    ) -> tuple[list[tuple[int, int, bytes] | tuple[str, str]], bool, bool, int, int, int]:
+        self, buffer_size: int, ns_addr: int = -1, direct: dict[int, DirectTarget] | None = None, /
+    ) -> tuple[list[tuple[int, int, bytes] | tuple[str, str]], bool, bool, int, int, int, Sequence[DirectCall]]:
         """One receive poll: (events (src, dst, payload) and errors (kind, message) in order, more pending,
         kick, messages handed to ``direct``, data messages in the batch (delivered or not; name-service
-        records to ``ns_addr`` excluded), their payload bytes).
+        records to ``ns_addr`` excluded), their payload bytes, the calls to make).
 
-        Data messages for an address in ``direct`` go to ``direct[dst]((src, payload))`` after the ring
-        work, until the first data or name-service (to ``ns_addr``) message that is not; it and the rest
-        stay in the events."""
+        Data messages for an address in ``direct`` go, after the ring work, to ``direct[dst]((src,
+        payload))`` or, for a (callback, endpoint) entry, into the calls as (callback, endpoint, payload,
+        src); until the first data or name-service (to ``ns_addr``) message that is not for ``direct``:
+        it and the rest stay in the events."""
     def reclaim(self) -> tuple[list[tuple[int, int]], list[tuple[str, str]]]:
         """Every returned transmit buffer as (addr, buffer length), and the errors met."""
     def add_message(self, addr: int, buflen: int, src: int, dst: int, payload: Buffer, /) -> bool:
@@ -72,15 +78,16 @@ class DeviceRing:
     def get_available(self) -> tuple[int, int, int, int] | None: ...
     def put_used(self, head: int, length: int, *, publish: bool = True) -> None: ...
     def rx_batch(
-        self, buffer_size: int, ns_addr: int = -1, direct: dict[int, Callable[[tuple[int, bytes]], object]] | None = None, /
-    ) -> tuple[list[tuple[int, int, bytes] | tuple[str, str]], bool, bool, int, int, int]:
+        self, buffer_size: int, ns_addr: int = -1, direct: dict[int, DirectTarget] | None = None, /
+    ) -> tuple[list[tuple[int, int, bytes] | tuple[str, str]], bool, bool, int, int, int, Sequence[DirectCall]]:
         """One receive poll: (events (src, dst, payload) and errors (kind, message) in order, more pending,
         kick, messages handed to ``direct``, data messages in the batch (delivered or not; name-service
-        records to ``ns_addr`` excluded), their payload bytes).
+        records to ``ns_addr`` excluded), their payload bytes, the calls to make).
 
-        Data messages for an address in ``direct`` go to ``direct[dst]((src, payload))`` after the ring
-        work, until the first data or name-service (to ``ns_addr``) message that is not; it and the rest
-        stay in the events."""
+        Data messages for an address in ``direct`` go, after the ring work, to ``direct[dst]((src,
+        payload))`` or, for a (callback, endpoint) entry, into the calls as (callback, endpoint, payload,
+        src); until the first data or name-service (to ``ns_addr``) message that is not for ``direct``:
+        it and the rest stay in the events."""
     def put_message(self, head: int, addr: int, length: int, src: int, dst: int, payload: Buffer, /) -> bool:
         """Write the header and payload at addr, return the held head used; True if the driver wants a kick."""
     def tx_send(self, src: int, dst: int, payload: Buffer, bell: Doorbell | None = None, /) -> tuple[bool, int, list[tuple[str, str]]]:

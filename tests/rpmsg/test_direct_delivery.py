@@ -120,7 +120,7 @@ def test_direct_delivery_delivers_what_the_router_delivers(ops: list[tuple[Any, 
     assert play(True, ops) == play(False, ops)
 
 
-def test_a_queued_endpoint_is_served_directly_and_leaves_when_it_takes_a_callback() -> None:
+def test_an_endpoint_is_served_directly_into_its_queue_or_its_callback_until_destroyed() -> None:
     with local_and_peer(True) as (local, peer):
         ept = local.create_endpoint("svc")
         peer_ept = peer.create_endpoint("svc")
@@ -134,8 +134,12 @@ def test_a_queued_endpoint_is_served_directly_and_leaves_when_it_takes_a_callbac
                 local.poll(0)
         assert [ept.receive(5) for _ in range(300)] == [i.to_bytes(2, "little") for i in range(300)]
         seen: list[bytes] = []
-        ept.callback = lambda e, data, src: seen.append(data)
-        assert local._endpoints.direct == {}
+
+        def callback(e: Endpoint, data: bytes, src: int) -> None:
+            seen.append(data)
+
+        ept.callback = callback
+        assert local._endpoints.direct == {ept.addr: (callback, ept)}
         peer_ept.send(b"to the callback")
         while not seen:
             local.poll(0.01)
@@ -150,14 +154,20 @@ def test_a_queued_endpoint_is_served_directly_and_leaves_when_it_takes_a_callbac
 def test_the_c_poll_hands_over_up_to_the_first_message_it_may_not() -> None:
     _big, area = guarded_area(0x10000 + 2 * 16 * 512 + 1024)
     drv, dev = link_pair(area, True, 16)
-    for dst, data in [(0x400, b"a"), (0x400, b"b"), (0x401, b"c"), (0x400, b"d")]:
+    for dst, data in [(0x400, b"a"), (0x401, b"b"), (0x400, b"c"), (0x402, b"d"), (0x400, b"e")]:
         assert dev.try_send(0x500, dst, data)
     assert dev.send_ns("later", 0x501)
     queued: list[tuple[int, bytes]] = []
-    events, delivered = drv.poll_direct({0x400: queued.append})
-    assert delivered == 2 and queued == [(0x500, b"a"), (0x500, b"b")]
-    assert events == [(0x500, 0x401, b"c"), (0x500, 0x400, b"d"), NameService("later", 0x501, 0)]
-    assert drv.statistics.messages_received == 4 and drv.statistics.bytes_received == 4
+
+    def callback(ept: object, data: bytes, src: int) -> None:
+        raise AssertionError("a call is the caller's to make")
+
+    marker = object()
+    events, delivered, calls = drv.poll_direct({0x400: queued.append, 0x401: (callback, marker)})
+    assert delivered == 3 and queued == [(0x500, b"a"), (0x500, b"c")]
+    assert calls == [(callback, marker, b"b", 0x500)]
+    assert events == [(0x500, 0x402, b"d"), (0x500, 0x400, b"e"), NameService("later", 0x501, 0)]
+    assert drv.statistics.messages_received == 5 and drv.statistics.bytes_received == 5
     assert drv.statistics.ns_received == 1
 
 
@@ -180,7 +190,7 @@ def test_a_direct_callable_that_raises_fails_the_poll_after_the_ring_work() -> N
     with pytest.raises(RuntimeError, match="full"):
         drv.poll_direct({0x400: broken})
     assert dev.try_send(0x500, 0x400, b"y")  # the buffer went back all the same
-    assert drv.poll_direct({}) == ([(0x500, 0x400, b"y")], 0)
+    assert drv.poll_direct({}) == ([(0x500, 0x400, b"y")], 0, ())
 
 
 def test_the_transmit_ring_rings_a_c_doorbell_itself() -> None:

@@ -361,15 +361,20 @@ class RpmsgDevice:
         lock.acquire()  # not `with`, as in `_send`
         try:
             if table.direct_enabled:
-                events, delivered = core.poll_direct(table.direct)
+                events, delivered, calls = core.poll_direct(table.direct)
             else:
-                events, delivered = core.poll_raw(), 0
+                events, delivered, calls = core.poll_raw(), 0, ()
             routed = [table.route_data(*e) if isinstance(e, tuple) else table.route(e) for e in events] if events else []
             kick = core.take_kick()
         finally:
             lock.release()
         if kick:
             self._ring()
+        for callback, ept, payload, src in calls:  # messages before any in `routed`
+            try:
+                callback(ept, payload, src)
+            except Exception:
+                log.exception("%s: an rpmsg callback raised", self.transport.description)
         for item in routed:
             self._dispatch(item)
         return len(routed) + delivered

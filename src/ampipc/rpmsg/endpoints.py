@@ -20,12 +20,13 @@ happened, and the owner runs callbacks outside its lock, so a callback may send 
 endpoints.
 
 Direct delivery: when its owner turns it on (a link without an I/O thread, whose receivers poll for
-themselves), the table keeps `EndpointTable.direct`, local address -> the ``append`` of the queue,
-for exactly the endpoints a data message could only be queued to: in the table, bound, without a
-callback. The C receive poll hands their messages over itself (`RpmsgVirtio.poll_direct`). Every
-change that could move an endpoint in or out of that set (add, remove, binding, unbinding, a new
-``callback`` or ``dest``) refreshes its entry, so a direct delivery is always the delivery `route`
-would have made.
+themselves), the table keeps `EndpointTable.direct` for exactly the endpoints whose data messages
+need no routing decision, those in the table and bound: local address -> the ``append`` of the
+queue (no callback), or (callback, endpoint). The C receive poll hands their messages over itself
+(`RpmsgVirtio.poll_direct`): into the queue, or as a call the owner makes after the poll, outside
+its lock. Every change that could move an endpoint in or out of that set or change its entry (add,
+remove, binding, unbinding, a new ``callback`` or ``dest``) refreshes it, so a direct delivery is
+always the delivery `route` would have made.
 
 An `Endpoint` delivers either to its callback (``callback(endpoint, data, src)``, run on the link's
 I/O thread, like an OpenAMP endpoint callback) or, without a callback, to its own queue, read with
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 
 from ..errors import IpcError, ResourceExhausted, Timeout
 from ._wire import RPMSG_ADDR_ANY, RPMSG_ADDR_BMP_SIZE, RPMSG_RESERVED_ADDRESSES
-from .rpmsg_virtio import Message, NameService
+from .rpmsg_virtio import DirectTarget, Message, NameService
 
 __all__ = [
     "MAX_UNCLAIMED",
@@ -302,17 +303,18 @@ class EndpointTable:
         # Announcements no endpoint claimed yet, by name: an endpoint created later with that
         # name binds at once (the announcement may arrive before the application creates it).
         self.unclaimed: dict[str, int] = {}
-        # Local address -> queue append of the endpoints the receive poll may deliver to itself;
-        # kept only while direct_enabled (see the module docstring).
-        self.direct: dict[int, Callable[[tuple[int, bytes]], object]] = {}
+        # Local address -> queue append or (callback, endpoint) of the endpoints the receive poll
+        # may deliver to itself; kept only while direct_enabled (see the module docstring).
+        self.direct: dict[int, DirectTarget] = {}
         self.direct_enabled = False
 
     def refresh(self, endpoint: Endpoint) -> None:
         """Put ``endpoint`` in `direct` or take it out, as its state now says."""
         if self._by_addr.get(endpoint.addr) is not endpoint:
             return  # not (or no longer) in this table: its address may be another endpoint's now
-        if self.direct_enabled and endpoint._callback is None and endpoint._dest != RPMSG_ADDR_ANY:
-            self.direct[endpoint.addr] = endpoint._queue.append
+        if self.direct_enabled and endpoint._dest != RPMSG_ADDR_ANY:
+            callback = endpoint._callback
+            self.direct[endpoint.addr] = endpoint._queue.append if callback is None else (callback, endpoint)
         else:
             self.direct.pop(endpoint.addr, None)
 

@@ -41,7 +41,8 @@ from __future__ import annotations
 import enum
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -118,6 +119,9 @@ class NameService:
 
 Event = Message | NameService
 RawMessage = tuple[int, int, bytes]  # (src, dst, payload): a data message as `poll_raw` gives it
+# `poll_direct`'s table entries (a queue's append, or (callback, endpoint)) and the calls it returns
+DirectTarget = Callable[[tuple[int, bytes]], object] | tuple[Callable[[Any, bytes, int], object], Any]
+DirectCall = tuple[Callable[[Any, bytes, int], object], Any, bytes, int]
 
 
 @dataclass
@@ -325,20 +329,23 @@ class RpmsgVirtio:
             return self._take_batch(fast_rx.rx_batch(self.buffer_size, self._ns_addr))
         return self._poll(True)
 
-    def poll_direct(self, direct: dict[int, Callable[[tuple[int, bytes]], object]]) -> tuple[list[Event | RawMessage], int]:
-        """As `poll_raw`, handing data messages for the addresses in ``direct`` to ``direct[dst]((src, payload))``.
+    def poll_direct(self, direct: dict[int, DirectTarget]) -> tuple[list[Event | RawMessage], int, Sequence[DirectCall]]:
+        """As `poll_raw`, handing data messages for the addresses in ``direct`` over at once.
 
-        Returns the other events and how many messages went direct. The hand-over stops at the first
-        data or name-service message that is not for ``direct`` (that one and the rest are returned), so
-        the caller sees every binding change before the messages after it. On the C path the
-        hand-over runs inside the ring's batch call; on the reference path nothing goes direct.
+        An entry is a callable, called with (src, payload) inside the poll, or a pair (callback,
+        endpoint), which makes the message the call (callback, endpoint, payload, src) for the caller
+        to make. Returns the other events, how many messages went direct, and the calls. The
+        hand-over stops at the first data or name-service message that is not for ``direct`` (that
+        one and the rest are returned), so the caller sees every binding change before the messages
+        after it. On the C path the hand-over runs inside the ring's batch call; on the reference
+        path nothing goes direct.
         """
         fast_rx = self._fast_rx
         if fast_rx is None:
-            return self._poll(True), 0
+            return self._poll(True), 0, ()
         self._raw = True
         batch = fast_rx.rx_batch(self.buffer_size, self._ns_addr, direct)
-        return self._take_batch(batch), batch[3]
+        return self._take_batch(batch), batch[3], batch[6]
 
     def _poll(self, raw: bool) -> list[Event | RawMessage]:
         if not self.started:
@@ -390,14 +397,14 @@ class RpmsgVirtio:
         events.append((src, dst, payload) if self._raw else Message(src, dst, payload))
 
     def _take_batch(
-        self, batch: tuple[list[tuple[int, int, bytes] | tuple[str, str]], bool, bool, int, int, int]
+        self, batch: tuple[list[tuple[int, int, bytes] | tuple[str, str]], bool, bool, int, int, int, Sequence[DirectCall]]
     ) -> list[Event | RawMessage]:
         """The result of a C receive poll, through the same error and event handling as the loops below.
 
         The C poll counted the batch's data messages (`_event`'s data branch); what is left here is
         errors, name-service records and, off the raw path, the `Message` objects.
         """
-        items, self._more, kick, delivered, data, data_bytes = batch
+        items, self._more, kick, delivered, data, data_bytes, _calls = batch
         if kick:
             self._kick = True
         if data:
