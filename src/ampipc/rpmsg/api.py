@@ -248,7 +248,8 @@ class RpmsgDevice:
             lock.acquire()  # not `with`: this runs once per message, and a `with` costs twice as much
             try:
                 sent = core.try_send(src, dst, data, self._native_bell)
-                kick = core.take_kick()
+                kick = core.kick_pending  # `take_kick`, inline (false when the C ring rang the bell itself)
+                core.kick_pending = False
             finally:
                 lock.release()
             if kick:
@@ -365,7 +366,8 @@ class RpmsgDevice:
             else:
                 events, delivered, calls = core.poll_raw(), 0, ()
             routed = [table.route_data(*e) if isinstance(e, tuple) else table.route(e) for e in events] if events else []
-            kick = core.take_kick()
+            kick = core.kick_pending  # `take_kick`, inline: this runs once per poll
+            core.kick_pending = False
         finally:
             lock.release()
         if kick:

@@ -221,7 +221,13 @@ class Endpoint:
 
     def receive(self, timeout: float | None = None) -> bytes:
         """The next payload queued for this endpoint; TimeoutError after ``timeout`` seconds."""
-        return self.receive_from(timeout)[1]
+        queue = self._queue
+        if queue:  # `receive_from`, inline
+            try:
+                return queue.popleft()[1]
+            except IndexError:
+                pass
+        return self._link._receive(self, timeout)[1]
 
     @property
     def pending(self) -> int:

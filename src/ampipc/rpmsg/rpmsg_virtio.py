@@ -188,8 +188,11 @@ class RpmsgVirtio:
         self._ns_addr = -1
         self.started = False
         self.table: ResourceTable | None = None
-        self._kick = False
-        self._more = False
+        # Plain attributes, read by the I/O layer on every poll: whether the peer must be notified
+        # now (`take_kick` reads and clears it), and whether the last poll stopped at its limit (poll
+        # again without waiting).
+        self.kick_pending = False
+        self.more_pending = False
         self._raw = False
         self._fast_rx: _vring.DriverRing | _vring.DeviceRing | None = None  # the receive ring, once started on C
         self._fast_tx: _vring.DriverRing | _vring.DeviceRing | None = None  # the transmit ring, likewise
@@ -267,7 +270,7 @@ class RpmsgVirtio:
         self.table = table
         self._set_status(table, STATUS_DRIVER_OK)
         self.started = True
-        self._kick = True
+        self.kick_pending = True
 
     def _set_status(self, table: ResourceTable, status: int) -> None:
         off = table.status_offset
@@ -345,7 +348,16 @@ class RpmsgVirtio:
             return self._poll(True), 0, ()
         self._raw = True
         batch = fast_rx.rx_batch(self.buffer_size, self._ns_addr, direct)
-        return self._take_batch(batch), batch[3], batch[6]
+        items, self.more_pending, kick, delivered, data, data_bytes, calls = batch
+        if kick:
+            self.kick_pending = True
+        if data:
+            st = self.statistics
+            st.messages_received += data
+            st.bytes_received += data_bytes
+        if len(items) == data - delivered:  # `_take_batch`, inline: this runs once per poll
+            return items, delivered, calls  # type: ignore[return-value]  # data messages only
+        return self._batch_events(items), delivered, calls
 
     def _poll(self, raw: bool) -> list[Event | RawMessage]:
         if not self.started:
@@ -354,11 +366,6 @@ class RpmsgVirtio:
         if self.role is Role.DRIVER:
             return self._poll_driver()
         return self._poll_device()
-
-    @property
-    def more_pending(self) -> bool:
-        """True when the last poll stopped at its limit: poll again without waiting."""
-        return self._more
 
     def _decode(self, addr: int, capacity: int, events: list[Event | RawMessage]) -> None:
         # A larger descriptor does not make a larger message: the layout's buffer size bounds both.
@@ -404,17 +411,21 @@ class RpmsgVirtio:
         The C poll counted the batch's data messages (`_event`'s data branch); what is left here is
         errors, name-service records and, off the raw path, the `Message` objects.
         """
-        items, self._more, kick, delivered, data, data_bytes, _calls = batch
+        items, self.more_pending, kick, delivered, data, data_bytes, _calls = batch
         if kick:
-            self._kick = True
+            self.kick_pending = True
         if data:
             st = self.statistics
             st.messages_received += data
             st.bytes_received += data_bytes
-        raw = self._raw
-        if raw and len(items) == data - delivered:
+        if self._raw and len(items) == data - delivered:
             return items  # type: ignore[return-value]  # data messages only: (src, dst, payload) each
+        return self._batch_events(items)
+
+    def _batch_events(self, items: list[tuple[int, int, bytes] | tuple[str, str]]) -> list[Event | RawMessage]:
+        """The events of a C batch with errors or name-service records in it (or off the raw path)."""
         events: list[Event | RawMessage] = []
+        raw = self._raw
         for item in items:
             if len(item) != 3:
                 self._error(*item)
@@ -433,7 +444,7 @@ class RpmsgVirtio:
         # Reposted only after the batch: a head reposted at once would be in flight again, and a
         # second used element naming it in the same batch would pass for a fresh message.
         repost: list[tuple[int, int]] = []
-        self._more = False
+        self.more_pending = False
         for _ in range(rx.num):
             try:
                 item = rx.get_used()
@@ -450,13 +461,13 @@ class RpmsgVirtio:
             # else: the device handed the buffer back unused (e.g. after refusing it): repost it
             repost.append((addr, buflen))
         else:
-            self._more = rx.has_used()
+            self.more_pending = rx.has_used()
         for addr, buflen in repost:
             rx.add(addr, buflen, True, publish=False)
         if repost:
             rx.publish()
             if rx.needs_kick():
-                self._kick = True
+                self.kick_pending = True
         return events
 
     def _poll_device(self) -> list[Event | RawMessage]:
@@ -466,7 +477,7 @@ class RpmsgVirtio:
             return self._take_batch(rx.rx_batch(self.buffer_size, self._ns_addr))
         events: list[Event | RawMessage] = []
         returned = 0
-        self._more = False
+        self.more_pending = False
         for _ in range(rx.num):
             try:
                 item = rx.get_available()
@@ -483,11 +494,11 @@ class RpmsgVirtio:
             rx.put_used(head, length, publish=False)
             returned += 1
         else:
-            self._more = rx.has_available()
+            self.more_pending = rx.has_available()
         if returned:
             rx.publish()
             if rx.needs_kick():
-                self._kick = True
+                self.kick_pending = True
         return events
 
     # ---- send -----------------------------------------------------------------------------------
@@ -511,7 +522,7 @@ class RpmsgVirtio:
             if kick == 2:
                 self.statistics.kicks_sent += 1
             elif kick:
-                self._kick = True
+                self.kick_pending = True
         elif not self.started:
             raise ProtocolError("the link is not started")
         elif self.role is Role.DRIVER:
@@ -555,7 +566,7 @@ class RpmsgVirtio:
             for kind, message in errors:
                 self._error(kind, message)
             if kick:
-                self._kick = True
+                self.kick_pending = True
             return sent
         self.reclaim()
         if tx.free_count == 0:
@@ -570,7 +581,7 @@ class RpmsgVirtio:
         self._fill(addr, src, dst, payload)
         tx.add(addr, buflen, False)
         if tx.needs_kick():
-            self._kick = True
+            self.kick_pending = True
         return True
 
     def _send_device(self, src: int, dst: int, payload: bytes | bytearray | memoryview) -> bool:
@@ -581,7 +592,7 @@ class RpmsgVirtio:
             for kind, message in errors:
                 self._error(kind, message)
             if kick:
-                self._kick = True
+                self.kick_pending = True
             return sent
         need = RPMSG_HDR_SIZE + len(payload)
         chosen: tuple[int, int, int] | None = None
@@ -620,7 +631,7 @@ class RpmsgVirtio:
         self._fill(addr, src, dst, payload)
         tx.put_used(head, length)
         if tx.needs_kick():
-            self._kick = True
+            self.kick_pending = True
         return True
 
     def send_ns(self, name: str, addr: int, destroy: bool = False) -> bool:
@@ -635,8 +646,8 @@ class RpmsgVirtio:
 
     def take_kick(self) -> bool:
         """Whether the peer must be notified now (and forget it)."""
-        kick = self._kick
-        self._kick = False
+        kick = self.kick_pending
+        self.kick_pending = False
         return kick
 
     def has_tx_buffer(self) -> bool:
