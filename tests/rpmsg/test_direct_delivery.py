@@ -238,3 +238,28 @@ def test_the_doorbell_of_a_closed_region_raises(make_region: Callable[..., Regio
         bell.ring()
     with pytest.raises(RegionClosed):
         bell.wait(0.01)
+
+
+def test_a_callback_that_raises_is_logged_and_the_rest_of_the_batch_still_runs(caplog: pytest.LogCaptureFixture) -> None:
+    with local_and_peer(True) as (local, peer):
+        seen: list[bytes] = []
+
+        def callback(ept: Endpoint, data: bytes, src: int) -> None:
+            if data == b"boom":
+                raise RuntimeError("the handler failed")
+            seen.append(data)
+
+        ept = local.create_endpoint("svc", callback)
+        peer_ept = peer.create_endpoint("svc")
+        while not (ept.is_bound and peer_ept.is_bound):
+            local.poll(0.01)
+            peer.poll(0.01)
+        assert local._endpoints.direct == {ept.addr: (callback, ept)}
+        for data in (b"one", b"boom", b"two"):
+            peer_ept.send(data)
+        with caplog.at_level("ERROR", logger="ampipc.rpmsg"):
+            while len(seen) < 2:
+                local.poll(0.01)
+        assert seen == [b"one", b"two"]
+        assert any("callback raised" in r.getMessage() and r.exc_info for r in caplog.records)
+        assert not local.closed and local.statistics.messages_received == 3
