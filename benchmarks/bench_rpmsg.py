@@ -14,6 +14,11 @@ In the same run, a MessageBuffer pair in a Region (a spawn child echoing, both s
 default spin) gives the reference round trip; each RPMsg row carries its ratio to it
 (``vs MessageBuffer``; target for the Region transport: <= 2x).
 
+The floor of the Region transport is measured too: the same two processes, each side past the
+start-up making only the C calls a round trip needs (the transmit ring's send, which rings the
+doorbell; the doorbell's wait; the receive ring's poll, which queues the message), with no endpoint
+layer around them; what the full row adds to it is the Python endpoint layer.
+
 The protocol core alone is measured too, without processes or doorbells: a driver and a device
 ``RpmsgVirtio`` over one byte image in this process, a message down and its echo back per round
 trip, on the C path and on the pure-Python reference (the cost the fast path removes).
@@ -37,6 +42,7 @@ from contextlib import contextmanager
 from ampipc import MessageBuffer, Region
 from ampipc.rpmsg import DEMO_CHANNEL, RpmsgDevice, open_linux, open_region
 from ampipc.rpmsg._window import Window
+from ampipc.rpmsg._wire import RPMSG_NS_ADDR
 from ampipc.rpmsg.echo import run_echo_device, run_region_echo_device
 from ampipc.rpmsg.rpmsg_virtio import Role, RpmsgVirtio
 from ampipc.rpmsg.transports import demo_table
@@ -200,6 +206,72 @@ def _run_region(size: int, n_rt: int, n_stream: int, fast: bool = True) -> dict[
     return {"transport": label, **row}
 
 
+def _ring_calls(device: RpmsgDevice, ept: Any) -> tuple[Any, Any, Any, int, Any, Any]:
+    """The C objects under a started, bound endpoint: what the floor row calls directly."""
+    core = device._core  # noqa: SLF001 - the floor measures the layer under the public API
+    return core._fast_tx, core._fast_rx, device._doorbell.native, core.buffer_size, device._endpoints.direct, ept._queue  # noqa: SLF001
+
+
+def _floor_child(region_name: str, n: int) -> None:
+    with Region.attach(region_name) as region:
+        with open_region(region, "floor", "device", create=False, io_thread=False) as device:
+            ept = device.create_endpoint(DEMO_CHANNEL)
+            while not (ept.is_bound and device._endpoints.direct):  # noqa: SLF001 - bound by the first message
+                device.poll(0.01)
+            tx, rx, bell, size, direct, queue = _ring_calls(device, ept)
+            addr = ept.addr
+            for _ in range(n):
+                while not queue:
+                    bell.wait(1.0)
+                    rx.rx_batch(size, RPMSG_NS_ADDR, direct)
+                src, data = queue.popleft()
+                tx.tx_send(addr, src, data, bell)
+            ept.wait_unbound(60)
+
+
+def _run_floor(size: int, n_rt: int) -> dict[str, Any]:
+    """Round trips of the bare C calls across two processes (see the module docstring)."""
+    ctx = mp.get_context("spawn")
+    name = f"ampipc-bench-floor-{os.getpid()}"
+    warm = 200
+    with Region.create(name, 1 << 20, replace_stale=True) as region:
+        child = ctx.Process(target=_floor_child, args=(name, warm + n_rt), daemon=True)
+        child.start()
+        try:
+            with open_region(region, "floor", "driver", create=True, io_thread=False) as device:
+                ept = device.create_endpoint(DEMO_CHANNEL)
+                ept.wait_bound(60)
+                tx, rx, bell, bsize, direct, queue = _ring_calls(device, ept)
+                msg = (bytes(range(256)) * 2)[:size]
+                addr, dest = ept.addr, ept.dest
+                samples = []
+                for i in range(warm + n_rt):
+                    t0 = time.perf_counter_ns()
+                    if not tx.tx_send(addr, dest, msg, bell)[0]:
+                        raise RuntimeError("no transmit buffer")
+                    while not queue:
+                        bell.wait(1.0)
+                        rx.rx_batch(bsize, RPMSG_NS_ADDR, direct)
+                    echo = queue.popleft()[1]
+                    if i >= warm:
+                        samples.append(time.perf_counter_ns() - t0)
+                    if echo != msg:
+                        raise RuntimeError("echo differs")
+                ept.destroy()
+            child.join(30)
+        finally:
+            if child.is_alive():
+                child.kill()
+            child.join()
+    samples.sort()
+    return {
+        "transport": "region, ring calls only (floor)",
+        "payload_bytes": size,
+        "round_trip_us_median": statistics.median(samples) / 1000,
+        "round_trip_us_p99": samples[min(len(samples) - 1, int(0.99 * len(samples)))] / 1000,
+    }
+
+
 def _run_linux(size: int, n_rt: int, n_stream: int) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     shm = f"ampipc-bench-oa-{os.getpid()}"
@@ -230,7 +302,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     for size in (64, 496):
         reference = _run_message_buffer(size, n_rt)
         with _path(True):
-            measured = [_run_region(size, n_rt, n_stream), _run_linux(size, n_rt, n_stream)]
+            measured = [_run_region(size, n_rt, n_stream), _run_floor(size, n_rt), _run_linux(size, n_rt, n_stream)]
         with _path(False):
             measured.append(_run_region(size, n_rt, n_stream, fast=False))
         for row in measured:

@@ -215,7 +215,7 @@ def targets(document: dict[str, Any]) -> list[dict[str, Any]]:
                                          None if direct is None else ("direct", direct["msgs_per_s"]),
                                          at_least=0.7, unit="msg/s"))
     rpmsg = others.get("benchmarks.bench_rpmsg", {}).get("rows", [])
-    region = next((r for r in rpmsg if str(r.get("transport", "")).startswith("region") and r.get("payload_bytes") == 64),
+    region = next((r for r in rpmsg if r.get("transport") == "region (futex doorbell)" and r.get("payload_bytes") == 64),
                   None)
     # bench_rpmsg measures its own MessageBuffer pair the same way as the RPMsg link; else the peers' row.
     reference = next((r for r in rpmsg if str(r.get("transport", "")).startswith("MessageBuffer")
