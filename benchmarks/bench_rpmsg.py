@@ -45,7 +45,7 @@ from ampipc.rpmsg._window import Window
 from ampipc.rpmsg._wire import RPMSG_NS_ADDR
 from ampipc.rpmsg.echo import run_echo_device, run_region_echo_device
 from ampipc.rpmsg.rpmsg_virtio import Role, RpmsgVirtio
-from ampipc.rpmsg.transports import demo_table
+from ampipc.rpmsg.transports import FutexDoorbell, demo_table
 from ampipc.rpmsg.virtqueue import PURE_PATH_ENV
 
 WINDOW = 32
@@ -127,12 +127,15 @@ def _run_message_buffer(size: int, n_rt: int) -> dict[str, Any]:
             if child.is_alive():
                 child.kill()
             child.join()
-    samples.sort()
+    return {"transport": "MessageBuffer pair (reference)", "payload_bytes": size, **_round_trips(samples)}
+
+
+def _round_trips(samples_ns: list[int]) -> dict[str, float]:
+    """Median and 99th percentile, in microseconds, of round trips timed in nanoseconds."""
+    samples_ns.sort()
     return {
-        "transport": "MessageBuffer pair (reference)",
-        "payload_bytes": size,
-        "round_trip_us_median": statistics.median(samples) / 1000,
-        "round_trip_us_p99": samples[min(len(samples) - 1, int(0.99 * len(samples)))] / 1000,
+        "round_trip_us_median": statistics.median(samples_ns) / 1000,
+        "round_trip_us_p99": samples_ns[min(len(samples_ns) - 1, int(0.99 * len(samples_ns)))] / 1000,
     }
 
 
@@ -166,7 +169,6 @@ def _measure(device: RpmsgDevice, size: int, round_trips: int, streamed: int) ->
         samples.append(time.perf_counter_ns() - t0)
         if echo != msg:
             raise RuntimeError("echo differs")
-    samples.sort()
     in_flight = 0
     sent = received = 0
     started = time.perf_counter()
@@ -180,12 +182,7 @@ def _measure(device: RpmsgDevice, size: int, round_trips: int, streamed: int) ->
         in_flight -= 1
     elapsed = time.perf_counter() - started
     ept.destroy()
-    return {
-        "payload_bytes": size,
-        "round_trip_us_median": statistics.median(samples) / 1000,
-        "round_trip_us_p99": samples[min(len(samples) - 1, int(0.99 * len(samples)))] / 1000,
-        "msgs_per_s": streamed / elapsed,
-    }
+    return {"payload_bytes": size, **_round_trips(samples), "msgs_per_s": streamed / elapsed}
 
 
 def _run_region(size: int, n_rt: int, n_stream: int, fast: bool = True) -> dict[str, Any]:
@@ -209,7 +206,9 @@ def _run_region(size: int, n_rt: int, n_stream: int, fast: bool = True) -> dict[
 def _ring_calls(device: RpmsgDevice, ept: Any) -> tuple[Any, Any, Any, int, Any, Any]:
     """The C objects under a started, bound endpoint: what the floor row calls directly."""
     core = device._core  # noqa: SLF001 - the floor measures the layer under the public API
-    return core._fast_tx, core._fast_rx, device._doorbell.native, core.buffer_size, device._endpoints.direct, ept._queue  # noqa: SLF001
+    bell = device._doorbell  # noqa: SLF001
+    assert isinstance(bell, FutexDoorbell) and core._fast_tx is not None and core._fast_rx is not None  # noqa: SLF001
+    return core._fast_tx, core._fast_rx, bell.native, core.buffer_size, device._endpoints.direct, ept._queue  # noqa: SLF001
 
 
 def _floor_child(region_name: str, n: int) -> None:
@@ -263,13 +262,7 @@ def _run_floor(size: int, n_rt: int) -> dict[str, Any]:
             if child.is_alive():
                 child.kill()
             child.join()
-    samples.sort()
-    return {
-        "transport": "region, ring calls only (floor)",
-        "payload_bytes": size,
-        "round_trip_us_median": statistics.median(samples) / 1000,
-        "round_trip_us_p99": samples[min(len(samples) - 1, int(0.99 * len(samples)))] / 1000,
-    }
+    return {"transport": "region, ring calls only (floor)", "payload_bytes": size, **_round_trips(samples)}
 
 
 def _run_linux(size: int, n_rt: int, n_stream: int) -> dict[str, Any]:
