@@ -372,9 +372,13 @@ class RpmsgDevice:
             lock.release()
         if kick:
             self._ring()
-        for callback, ept, payload, src in calls:  # messages before any in `routed`
+        for _, ept, payload, src in calls:  # messages before any in `routed`, handled as `_dispatch` does
             try:
-                callback(ept, payload, src)
+                callback = ept._callback  # the callback now: an earlier one of the batch may have changed it
+                if callback is not None:
+                    callback(ept, payload, src)
+                else:
+                    ept._deliver(src, payload)
             except Exception:
                 log.exception("%s: an rpmsg callback raised", self.transport.description)
         for item in routed:

@@ -42,9 +42,8 @@ import enum
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from .. import _vring
 from ..errors import MessageTooLarge, ProtocolError
