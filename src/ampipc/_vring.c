@@ -127,6 +127,10 @@ typedef struct {
     PyObject *name; /* str */
     uint32_t num, mask;
     Py_ssize_t da, ring_size, desc, avail_word, avail_ring, used_word, used_ring;
+    /* What this ring carried (the link's statistics fold them in): data messages and their payload
+     * bytes (sent by tx_send, received by rx_batch; name-service records received excluded), and
+     * the doorbell rings tx_send made itself. Written with the GIL held, by one call at a time. */
+    unsigned long long count_messages, count_bytes, count_kicks;
 } QueueBase;
 
 /* A ring error found by an internal step: message and the head to return (-1: none). */
@@ -399,13 +403,15 @@ static int parse_rx_args(PyObject *const *args, Py_ssize_t nargs, unsigned long 
 }
 
 /* The tail every rx_batch returns: (events, more, kick, delivered, data messages, data bytes, calls). */
-static PyObject *rx_result(PyObject *events, PyObject *direct, long long ns_addr, int more, int kick) {
+static PyObject *rx_result(QueueBase *q, PyObject *events, PyObject *direct, long long ns_addr, int more, int kick) {
     Py_ssize_t delivered, data;
     unsigned long long nbytes;
     PyObject *calls;
     PyObject *rest = deliver_direct(events, direct, ns_addr, &delivered, &data, &nbytes, &calls);
     Py_DECREF(events);
     if (rest == NULL) return NULL;
+    q->count_messages += (unsigned long long)data;
+    q->count_bytes += nbytes;
     PyObject *r = PyTuple_New(7);
     if (r == NULL) {
         Py_DECREF(rest);
@@ -725,7 +731,7 @@ static PyObject *driver_rx_batch(DriverRing *self, PyObject *const *args, Py_ssi
         PyMem_Free(repost_addr);
         PyMem_Free(repost_len);
     }
-    return rx_result(events, direct, ns_addr, more, kick);
+    return rx_result(&self->q, events, direct, ns_addr, more, kick);
 fail:
     if (opened) area_close(&a);
     if (on_heap) {
@@ -915,6 +921,11 @@ static PyObject *driver_tx_send(DriverRing *self, PyObject *const *args, Py_ssiz
     area_close(&a);
     opened = 0;
     if ((kick = kick_with(bell, kick)) < 0) goto out;
+    if (sent) {
+        self->q.count_messages++;
+        self->q.count_bytes += (unsigned long long)payload.len;
+    }
+    if (kick == 2) self->q.count_kicks++;
     result = tx_result(sent, kick, errors);
 out:
     if (opened) area_close(&a);
@@ -932,6 +943,9 @@ static PyObject *driver_tx_available(DriverRing *self, PyObject *unused) {
 static PyObject *driver_get_free_count(DriverRing *self, void *c) { return PyLong_FromUnsignedLong(self->free_count); }
 static PyObject *driver_get_in_flight(DriverRing *self, void *c) { return PyLong_FromUnsignedLong(self->in_flight); }
 static PyObject *queue_get_num(QueueBase *self, void *c) { return PyLong_FromUnsignedLong(self->num); }
+static PyObject *queue_get_messages(QueueBase *self, void *c) { return PyLong_FromUnsignedLongLong(self->count_messages); }
+static PyObject *queue_get_bytes(QueueBase *self, void *c) { return PyLong_FromUnsignedLongLong(self->count_bytes); }
+static PyObject *queue_get_kicks(QueueBase *self, void *c) { return PyLong_FromUnsignedLongLong(self->count_kicks); }
 static PyObject *queue_get_name(QueueBase *self, void *c) {
     if (self->name == NULL) Py_RETURN_NONE;
     Py_INCREF(self->name);
@@ -961,6 +975,9 @@ static PyGetSetDef driver_getset[] = {
     {"in_flight", (getter)driver_get_in_flight, NULL, "Descriptors the device holds.", NULL},
     {"num", (getter)queue_get_num, NULL, "Ring size.", NULL},
     {"name", (getter)queue_get_name, NULL, "Name used in error messages.", NULL},
+    {"messages", (getter)queue_get_messages, NULL, "Data messages carried (sent or received).", NULL},
+    {"payload_bytes", (getter)queue_get_bytes, NULL, "Their payload bytes.", NULL},
+    {"kicks", (getter)queue_get_kicks, NULL, "Doorbell rings tx_send made itself.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1251,7 +1268,7 @@ static PyObject *device_rx_batch(DeviceRing *self, PyObject *const *args, Py_ssi
         if (device_needs_kick(self, &a)) kick = 1;
     }
     area_close(&a);
-    return rx_result(events, direct, ns_addr, more, kick);
+    return rx_result(&self->q, events, direct, ns_addr, more, kick);
 fail:
     if (opened) area_close(&a);
     Py_XDECREF(events);
@@ -1364,6 +1381,11 @@ static PyObject *device_tx_send(DeviceRing *self, PyObject *const *args, Py_ssiz
     area_close(&a);
     opened = 0;
     if ((kick = kick_with(bell, kick)) < 0) goto out;
+    if (sent) {
+        self->q.count_messages++;
+        self->q.count_bytes += (unsigned long long)payload.len;
+    }
+    if (kick == 2) self->q.count_kicks++;
     result = tx_result(sent, kick, errors);
 out:
     if (opened) area_close(&a);
@@ -1403,6 +1425,9 @@ static PyGetSetDef device_getset[] = {
     {"pool_end", (getter)device_get_pool_end, NULL, "End of the buffer pool.", NULL},
     {"num", (getter)queue_get_num, NULL, "Ring size.", NULL},
     {"name", (getter)queue_get_name, NULL, "Name used in error messages.", NULL},
+    {"messages", (getter)queue_get_messages, NULL, "Data messages carried (sent or received).", NULL},
+    {"payload_bytes", (getter)queue_get_bytes, NULL, "Their payload bytes.", NULL},
+    {"kicks", (getter)queue_get_kicks, NULL, "Doorbell rings tx_send made itself.", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -20,6 +20,15 @@ class DriverRing:
     @property
     def name(self) -> str: ...
     @property
+    def messages(self) -> int:
+        """Data messages this ring carried: sent by tx_send, or received by rx_batch (name-service records excluded)."""
+    @property
+    def payload_bytes(self) -> int:
+        """Their payload bytes."""
+    @property
+    def kicks(self) -> int:
+        """Doorbell rings tx_send made itself (its ``bell``)."""
+    @property
     def free_count(self) -> int: ...
     @property
     def in_flight(self) -> int: ...
@@ -64,6 +73,15 @@ class DeviceRing:
     def num(self) -> int: ...
     @property
     def name(self) -> str: ...
+    @property
+    def messages(self) -> int:
+        """Data messages this ring carried: sent by tx_send, or received by rx_batch (name-service records excluded)."""
+    @property
+    def payload_bytes(self) -> int:
+        """Their payload bytes."""
+    @property
+    def kicks(self) -> int:
+        """Doorbell rings tx_send made itself (its ``bell``)."""
     @property
     def held(self) -> int: ...
     @property

@@ -145,6 +145,10 @@ class RpmsgDevice:
         except BaseException:
             transport.close()
             raise
+        # The lock-free send: the C transmit ring, when a C doorbell is there for it to ring
+        # (otherwise each send would leave a kick for this layer to ring, under the lock).
+        self._native_tx = self._core.native_transmit if self._native_bell is not None else None
+        self._max_payload = self._core.max_payload
         if io_thread:
             self._thread = threading.Thread(target=self._run, name=f"rpmsg-io {transport.description}", daemon=True)
             self._thread.start()
@@ -165,7 +169,7 @@ class RpmsgDevice:
 
     @property
     def statistics(self) -> LinkStatistics:
-        """Counters of the link, protocol errors included (a live object)."""
+        """Counters of the link, protocol errors included (a snapshot, taken at each read)."""
         return self._core.statistics
 
     @property
@@ -241,6 +245,19 @@ class RpmsgDevice:
 
     # ---- sending --------------------------------------------------------------------------------
     def _send(self, src: int, dst: int, data: bytes | bytearray | memoryview, timeout: float | None, block: bool) -> bool:
+        tx = self._native_tx
+        if tx is not None and self._closed_reason is None and len(data) <= self._max_payload:
+            # The C ring's send is atomic under the GIL and counts and rings for itself: no lock.
+            sent, kick, errors = tx.tx_send(src, dst, data, self._native_bell)
+            if errors or kick == 1:
+                with self._lock:
+                    self._core.record_send(errors, kick)
+                    kick = self._core.take_kick()
+                if kick:
+                    self._ring()
+            if sent or not block:
+                return sent
+            return self._send_with(lambda: self._core.try_send(src, dst, data), timeout, block)
         if self._closed_reason is None:
             # The common case first, without the retry loop's clock reads: a buffer is free now.
             core = self._core
@@ -277,7 +294,7 @@ class RpmsgDevice:
                 return False
             if not waited:
                 waited = True
-                self._core.statistics.tx_buffer_waits += 1
+                self._core.counters.tx_buffer_waits += 1
             if deadline is not None and time.monotonic() >= deadline:
                 raise NoBuffer(
                     f"no rpmsg transmit buffer came free within {timeout} s: the peer is not returning buffers "
@@ -287,7 +304,7 @@ class RpmsgDevice:
 
     def _ring(self) -> None:
         self._doorbell.ring()
-        self._core.statistics.kicks_sent += 1
+        self._core.counters.kicks_sent += 1
 
     def _kick_if_needed(self) -> None:
         if self._core.take_kick():
@@ -313,7 +330,7 @@ class RpmsgDevice:
             first = _POLL_SLICE if timeout is None else min(timeout, _POLL_SLICE)
             core = self._core
             if first > 0 and not core.more_pending and self._doorbell.wait(first):
-                core.statistics.kicks_received += 1
+                core.counters.kicks_received += 1
             self._service()
             queue = endpoint._queue
             if queue:
@@ -346,7 +363,7 @@ class RpmsgDevice:
         core = self._core
         # Messages left by a poll that stopped at its limit are there now: no kick to wait for.
         if self._thread is None and timeout > 0 and not core.more_pending and self._doorbell.wait(timeout):
-            core.statistics.kicks_received += 1
+            core.counters.kicks_received += 1
         handled = self._service()
         # A peer that died is noticed by the first poll that finds nothing more from it: what it
         # sent before is handled first (and a busy link does not pay for the liveness check).
@@ -409,14 +426,14 @@ class RpmsgDevice:
                 if item.endpoint.on_unbind is not None:
                     item.endpoint.on_unbind(item.endpoint)
             elif isinstance(item, Dropped):
-                self._core.statistics.dropped_unknown_address += 1
+                self._core.counters.dropped_unknown_address += 1
                 log.debug("%s: dropped: %s", self.transport.description, item.reason)
         except Exception:
             log.exception("%s: an rpmsg callback raised", self.transport.description)
 
     def _run(self) -> None:
         doorbell = self._doorbell
-        stats = self._core.statistics
+        stats = self._core.counters
         try:
             while not self._stop.is_set():
                 if not self._core.more_pending and doorbell.wait(_POLL_SLICE):

@@ -24,7 +24,7 @@ peer is checked before use (see `virtqueue`). A used id named twice in one batch
 driver reposts receive buffers only after the batch); a header length is bounded by the layout's
 buffer size whatever the descriptor length; a transmit descriptor too short for a header is
 returned at once; rings overlapping the buffer pool or the table are refused at start. A bad
-value increments ``statistics.protocol_errors``, is logged on the ``ampipc.rpmsg`` logger, and
+value increments ``counters.protocol_errors``, is logged on the ``ampipc.rpmsg`` logger, and
 only that message is dropped; the buffer goes back to the peer whenever it can be identified. `poll()` and `try_send()` never raise for anything the
 peer wrote.
 
@@ -38,6 +38,7 @@ service, statistics, the endpoint layer — is this module on both paths.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 from collections import deque
@@ -181,7 +182,8 @@ class RpmsgVirtio:
         self.buffer_size = buffer_size
         self.wanted_features = wanted_features
         self.fast = fast_path_default() if fast is None else fast
-        self.statistics = LinkStatistics()
+        # What this code counted; `statistics` adds what the C rings counted themselves.
+        self.counters = LinkStatistics()
         self.features = 0
         self.ns_enabled = False
         self._ns_addr = -1
@@ -207,11 +209,43 @@ class RpmsgVirtio:
 
     # ---- errors ---------------------------------------------------------------------------------
     def _error(self, kind: str, message: str) -> None:
-        st = self.statistics
+        st = self.counters
         st.protocol_errors += 1
         st.last_error = message
         st.errors_by_kind[kind] = st.errors_by_kind.get(kind, 0) + 1
         log.warning("%s: protocol error (%s): %s", self.name, kind, message)
+
+    @property
+    def native_transmit(self) -> _vring.DriverRing | _vring.DeviceRing | None:
+        """The C transmit ring once started on the C path, else None.
+
+        Its ``tx_send(src, dst, payload, bell)`` is `try_send` in one call that counts for itself,
+        rings ``bell`` when the peer wants a kick, and holds the GIL throughout (no other call on the
+        rings runs meanwhile), so the I/O layer may call it without serialising: only its errors and
+        a kick it could not ring (``kick == 1``) need `record_send`, under the owner's lock.
+        """
+        return self._fast_tx
+
+    def record_send(self, errors: Sequence[tuple[str, str]], kick: int) -> None:
+        """What a direct `native_transmit` send left to do: its errors, a kick for `take_kick`."""
+        for kind, message in errors:
+            self._error(kind, message)
+        if kick == 1:
+            self.kick_pending = True
+
+    @property
+    def statistics(self) -> LinkStatistics:
+        """A snapshot of the link's counters: `counters` with the C rings' own counts folded in."""
+        st = dataclasses.replace(self.counters, errors_by_kind=dict(self.counters.errors_by_kind))
+        tx, rx = self._fast_tx, self._fast_rx
+        if tx is not None:  # it counted every message it sent, name-service records included
+            st.messages_sent = tx.messages - st.ns_sent
+            st.bytes_sent = tx.payload_bytes - st.ns_sent * NS_RECORD_SIZE
+            st.kicks_sent += tx.kicks
+        if rx is not None:
+            st.messages_received = rx.messages
+            st.bytes_received = rx.payload_bytes
+        return st
 
     @property
     def max_payload(self) -> int:
@@ -347,13 +381,9 @@ class RpmsgVirtio:
             return self._poll(True), 0, ()
         self._raw = True
         batch = fast_rx.rx_batch(self.buffer_size, self._ns_addr, direct)
-        items, self.more_pending, kick, delivered, data, data_bytes, calls = batch
+        items, self.more_pending, kick, delivered, data, _data_bytes, calls = batch
         if kick:
             self.kick_pending = True
-        if data:
-            st = self.statistics
-            st.messages_received += data
-            st.bytes_received += data_bytes
         if len(items) == data - delivered:  # `_take_batch`, inline: this runs once per poll
             return items, delivered, calls  # type: ignore[return-value]  # data messages only
         return self._batch_events(items), delivered, calls
@@ -382,7 +412,7 @@ class RpmsgVirtio:
     def _event(self, src: int, dst: int, payload: bytes, events: list[Event | RawMessage]) -> None:
         """A message that passed the header checks: a name-service record or data."""
         length = len(payload)
-        st = self.statistics
+        st = self.counters
         if dst == RPMSG_NS_ADDR and self.ns_enabled:
             if length != NS_RECORD_SIZE:
                 self._error("ns-record", f"name-service record of {length} bytes (must be {NS_RECORD_SIZE})")
@@ -407,16 +437,12 @@ class RpmsgVirtio:
     ) -> list[Event | RawMessage]:
         """The result of a C receive poll, through the same error and event handling as the loops below.
 
-        The C poll counted the batch's data messages (`_event`'s data branch); what is left here is
+        The C ring counted the batch's data messages (`_event`'s data branch); what is left here is
         errors, name-service records and, off the raw path, the `Message` objects.
         """
-        items, self.more_pending, kick, delivered, data, data_bytes, _calls = batch
+        items, self.more_pending, kick, delivered, data, _data_bytes, _calls = batch
         if kick:
             self.kick_pending = True
-        if data:
-            st = self.statistics
-            st.messages_received += data
-            st.bytes_received += data_bytes
         if self._raw and len(items) == data - delivered:
             return items  # type: ignore[return-value]  # data messages only: (src, dst, payload) each
         return self._batch_events(items)
@@ -513,24 +539,20 @@ class RpmsgVirtio:
         if n > self.buffer_size - RPMSG_HDR_SIZE:
             raise MessageTooLarge(f"a {n}-byte payload exceeds the rpmsg maximum of {self.max_payload} bytes")
         fast_tx = self._fast_tx
-        if fast_tx is not None:  # `_send_driver` / `_send_device` in one C call, straight (set once started)
+        if fast_tx is not None:  # `_send_driver` / `_send_device` in one C call (it counts), straight
             sent, kick, errors = fast_tx.tx_send(src, dst, payload, bell)
-            if errors:
-                for kind, message in errors:
-                    self._error(kind, message)
-            if kick == 2:
-                self.statistics.kicks_sent += 1
-            elif kick:
-                self.kick_pending = True
-        elif not self.started:
+            if errors or kick == 1:
+                self.record_send(errors, kick)
+            return sent
+        if not self.started:
             raise ProtocolError("the link is not started")
-        elif self.role is Role.DRIVER:
+        if self.role is Role.DRIVER:
             sent = self._send_driver(src, dst, payload)
         else:
             sent = self._send_device(src, dst, payload)
         if sent:
-            self.statistics.messages_sent += 1
-            self.statistics.bytes_sent += n
+            self.counters.messages_sent += 1
+            self.counters.bytes_sent += n
         return sent
 
     def _fill(self, addr: int, src: int, dst: int, payload: bytes | bytearray | memoryview) -> None:
@@ -638,9 +660,10 @@ class RpmsgVirtio:
         record = NS_RECORD.pack(encode_ns_name(name), addr, NS_DESTROY if destroy else NS_CREATE)
         sent = self.try_send(addr, RPMSG_NS_ADDR, record)
         if sent:
-            self.statistics.ns_sent += 1
-            self.statistics.messages_sent -= 1
-            self.statistics.bytes_sent -= NS_RECORD_SIZE
+            self.counters.ns_sent += 1
+            if self._fast_tx is None:  # try_send counted it as data; the C ring's count is corrected in `statistics`
+                self.counters.messages_sent -= 1
+                self.counters.bytes_sent -= NS_RECORD_SIZE
         return sent
 
     def take_kick(self) -> bool:
