@@ -31,6 +31,9 @@
  *
  * The GIL is kept for ring work (a copy of at most one buffer costs less than giving the GIL away
  * and taking it back); it is released only by spin_wait_u32 and the Doorbell's spin and futex sleep.
+ * So a ring call is atomic to the other Python threads of the process: the endpoint layer's
+ * lock-free send relies on it for tx_send, whose ring work, counting and doorbell ring are one call.
+ * rx_batch may call back into Python (direct delivery, below) only once its ring work is done.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -297,10 +300,10 @@ static int decode_message(area_t *a, uint64_t addr, uint64_t capacity, uint64_t 
  * (src, payload), the append of the queue of a bound endpoint without a callback, or to a pair
  * (callback, endpoint) of a bound endpoint with one: its message becomes the call
  * (callback, endpoint, payload, src) in *calls_out, for the caller to make once it holds no lock
- * (a callback may send). Data messages to such addresses are handed over while the batch allows; the first data or name-service message that
- * is not (ns_addr is the name-service address, or -1 when the feature is off) ends direct delivery,
- * and it and everything after it stay in the batch, so the Python router sees them in wire order with
- * every binding change before it applied. Error entries stay in the batch and do not end it.
+ * (a callback may send). Data messages to such addresses are handed over while the batch allows;
+ * the first data or name-service message that is not (ns_addr is the name-service address, or -1
+ * when the feature is off) ends direct delivery, and it and everything after it stay in the batch,
+ * so the Python router sees them in wire order with every binding change before it applied. Error entries stay in the batch and do not end it.
  * Returns a new reference to the rest, with the counts in *delivered_out, *data_out and *bytes_out, or
  * NULL with an exception set; the data counts cover the whole batch, delivered or not (name-service
  * records excluded). */
