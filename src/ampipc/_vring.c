@@ -868,6 +868,17 @@ static PyObject *tx_result(int sent, int kick, PyObject *errors) {
     return r;
 }
 
+/* The end of a tx_send, once the area is closed: ring `bell` for a kick, count, build the result. */
+static PyObject *tx_finish(QueueBase *q, const Py_buffer *payload, int sent, int kick, PyObject *bell, PyObject *errors) {
+    if ((kick = kick_with(bell, kick)) < 0) return NULL;
+    if (sent) {
+        q->count_messages++;
+        q->count_bytes += (unsigned long long)payload->len;
+    }
+    if (kick == 2) q->count_kicks++;
+    return tx_result(sent, kick, errors);
+}
+
 /* tx_reclaim() -> [(kind, message)]: RpmsgVirtio.reclaim. */
 static PyObject *driver_tx_reclaim_py(DriverRing *self, PyObject *unused) {
     area_t a;
@@ -923,13 +934,7 @@ static PyObject *driver_tx_send(DriverRing *self, PyObject *const *args, Py_ssiz
     }
     area_close(&a);
     opened = 0;
-    if ((kick = kick_with(bell, kick)) < 0) goto out;
-    if (sent) {
-        self->q.count_messages++;
-        self->q.count_bytes += (unsigned long long)payload.len;
-    }
-    if (kick == 2) self->q.count_kicks++;
-    result = tx_result(sent, kick, errors);
+    result = tx_finish(&self->q, &payload, sent, kick, bell, errors);
 out:
     if (opened) area_close(&a);
     Py_XDECREF(errors);
@@ -1383,13 +1388,7 @@ static PyObject *device_tx_send(DeviceRing *self, PyObject *const *args, Py_ssiz
     }
     area_close(&a);
     opened = 0;
-    if ((kick = kick_with(bell, kick)) < 0) goto out;
-    if (sent) {
-        self->q.count_messages++;
-        self->q.count_bytes += (unsigned long long)payload.len;
-    }
-    if (kick == 2) self->q.count_kicks++;
-    result = tx_result(sent, kick, errors);
+    result = tx_finish(&self->q, &payload, sent, kick, bell, errors);
 out:
     if (opened) area_close(&a);
     Py_XDECREF(errors);

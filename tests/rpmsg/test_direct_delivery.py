@@ -62,6 +62,18 @@ def local_and_peer(fast: bool) -> Iterator[tuple[RpmsgDevice, RpmsgDevice]]:
             local.close()
 
 
+def bound_pair(
+    local: RpmsgDevice, peer: RpmsgDevice, callback: Callable[[Endpoint, bytes, int], None] | None = None
+) -> tuple[Endpoint, Endpoint]:
+    """An endpoint "svc" on each side (``callback`` on the local one), polled until both are bound."""
+    ept = local.create_endpoint("svc", callback)
+    peer_ept = peer.create_endpoint("svc")
+    while not (ept.is_bound and peer_ept.is_bound):
+        local.poll(0.01)
+        peer.poll(0.01)
+    return ept, peer_ept
+
+
 def play(fast: bool, ops: list[tuple[Any, ...]]) -> dict[str, Any]:
     with local_and_peer(fast) as (local, peer):
         endpoints: list[Endpoint] = []
@@ -123,11 +135,7 @@ def test_direct_delivery_delivers_what_the_router_delivers(ops: list[tuple[Any, 
 
 def test_an_endpoint_is_served_directly_into_its_queue_or_its_callback_until_destroyed() -> None:
     with local_and_peer(True) as (local, peer):
-        ept = local.create_endpoint("svc")
-        peer_ept = peer.create_endpoint("svc")
-        while not (ept.is_bound and peer_ept.is_bound):
-            local.poll(0.01)
-            peer.poll(0.01)
+        ept, peer_ept = bound_pair(local, peer)
         assert local._endpoints.direct == {ept.addr: ept._queue.append}
         for i in range(300):
             peer_ept.send(i.to_bytes(2, "little"))
@@ -250,11 +258,7 @@ def test_a_callback_that_raises_is_logged_and_the_rest_of_the_batch_still_runs(c
                 raise RuntimeError("the handler failed")
             seen.append(data)
 
-        ept = local.create_endpoint("svc", callback)
-        peer_ept = peer.create_endpoint("svc")
-        while not (ept.is_bound and peer_ept.is_bound):
-            local.poll(0.01)
-            peer.poll(0.01)
+        ept, peer_ept = bound_pair(local, peer, callback)
         assert local._endpoints.direct == {ept.addr: (callback, ept)}
         for data in (b"one", b"boom", b"two"):
             peer_ept.send(data)
@@ -271,11 +275,7 @@ def test_threads_sending_at_once_lose_nothing_and_every_message_is_counted() -> 
     peer gets every message, each thread's in its order, and both sides count them all."""
     threads, per_thread = 4, 3000
     with local_and_peer(True) as (local, peer):
-        sender = local.create_endpoint("svc")
-        receiver = peer.create_endpoint("svc")
-        while not (sender.is_bound and receiver.is_bound):
-            local.poll(0.01)
-            peer.poll(0.01)
+        sender, receiver = bound_pair(local, peer)
         failures: list[BaseException] = []
 
         def send_all(index: int) -> None:
