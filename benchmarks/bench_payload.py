@@ -11,7 +11,8 @@ Measured in one run, side by side (``python benchmarks/bench_payload.py [--quick
    - ampipc's copying path: ``MessageBuffer.send`` of a filled private frame + ``receive_into``.
    Target: pool >= 1.5x the by-hand design and >= 2x the copying path (frames/s).
 2. Round trips between two processes: pool descriptor (loan -> commit -> receive -> release -> loan
-   again, one slot) against a 64 B MessageBuffer ping-pong. Target: pool <= 2x.
+   again, one slot) against a 64 B MessageBuffer ping-pong, each round trip timed on its own, the
+   median of each kept (a mean lets the VM's occasional slow wake-up decide). Target: pool <= 2x.
 3. DMA: 1 MiB private -> region copies by the engine (one at a time, and 8 queued) against
    ``memcpy`` (a memoryview slice assignment of the same buffers) in the same process; the
    submitting thread's CPU time (``time.thread_time``) over the wall time. Targets: bandwidth
@@ -185,18 +186,20 @@ def _pool_round_trip(count: int) -> float:
         try:
             for _ in range(200):  # warm-up
                 pool.commit(pool.loan(timeout=TIMEOUT), out, length=64)
-            t0 = time.perf_counter()
+            samples = []
+            loan = pool.loan(timeout=TIMEOUT)
             for _ in range(count):
-                loan = pool.loan(timeout=TIMEOUT)  # waits for the consumer's release of the one slot
+                t0 = time.perf_counter_ns()
                 pool.commit(loan, out, length=64)
-            pool.loan(timeout=TIMEOUT).cancel()
-            elapsed = time.perf_counter() - t0
+                loan = pool.loan(timeout=TIMEOUT)  # waits for the consumer's release of the one slot
+                samples.append(time.perf_counter_ns() - t0)
+            loan.cancel()
             child.join(TIMEOUT)
         finally:
             if child.is_alive():
                 child.kill()
             pool.close()
-        return elapsed / count * 1e6
+        return statistics.median(samples) / 1000
 
 
 def _mb_echo(region_name: str, count: int) -> None:
@@ -217,17 +220,19 @@ def _mb_round_trip(count: int) -> float:
             for _ in range(200):
                 a.send(msg, timeout=TIMEOUT)
                 b.receive(timeout=TIMEOUT)
-            t0 = time.perf_counter()
+            samples = []
             for _ in range(count):
+                t0 = time.perf_counter_ns()
                 a.send(msg, timeout=TIMEOUT)
-                if b.receive(timeout=TIMEOUT) != msg:
+                echo = b.receive(timeout=TIMEOUT)
+                samples.append(time.perf_counter_ns() - t0)
+                if echo != msg:
                     raise RuntimeError("64 B echo differs")
-            elapsed = time.perf_counter() - t0
             child.join(TIMEOUT)
         finally:
             if child.is_alive():
                 child.kill()
-        return elapsed / count * 1e6
+        return statistics.median(samples) / 1000
 
 
 # ---- 3. DMA ---------------------------------------------------------------------------------------
