@@ -405,7 +405,8 @@ static int parse_rx_args(PyObject *const *args, Py_ssize_t nargs, unsigned long 
     return 1;
 }
 
-/* The tail every rx_batch returns: (events, more, kick, delivered, data messages, data bytes, calls). */
+/* The tail every rx_batch returns: (events, more, kick, delivered, data messages, calls); the batch's
+ * data messages and bytes are added to the ring's counts. */
 static PyObject *rx_result(QueueBase *q, PyObject *events, PyObject *direct, long long ns_addr, int more, int kick) {
     Py_ssize_t delivered, data;
     unsigned long long nbytes;
@@ -415,20 +416,19 @@ static PyObject *rx_result(QueueBase *q, PyObject *events, PyObject *direct, lon
     if (rest == NULL) return NULL;
     q->count_messages += (unsigned long long)data;
     q->count_bytes += nbytes;
-    PyObject *r = PyTuple_New(7);
+    PyObject *r = PyTuple_New(6);
     if (r == NULL) {
         Py_DECREF(rest);
         Py_DECREF(calls);
         return NULL;
     }
-    PyTuple_SET_ITEM(r, 6, calls);
+    PyTuple_SET_ITEM(r, 5, calls);
     PyTuple_SET_ITEM(r, 0, rest);
     PyTuple_SET_ITEM(r, 1, Py_NewRef(more ? Py_True : Py_False));
     PyTuple_SET_ITEM(r, 2, Py_NewRef(kick ? Py_True : Py_False));
     PyTuple_SET_ITEM(r, 3, PyLong_FromSsize_t(delivered));
     PyTuple_SET_ITEM(r, 4, PyLong_FromSsize_t(data));
-    PyTuple_SET_ITEM(r, 5, PyLong_FromUnsignedLongLong(nbytes));
-    for (int k = 3; k < 6; k++) {
+    for (int k = 3; k < 5; k++) {
         if (PyTuple_GET_ITEM(r, k) == NULL) {
             Py_DECREF(r);
             return NULL;
@@ -672,7 +672,7 @@ static PyObject *driver_get_used_py(DriverRing *self, PyObject *unused) {
 }
 
 /* RpmsgVirtio._poll_driver without the name-service split:
- * rx_batch(buffer_size, ns_addr=-1, direct=None) -> (items, more, kick, delivered, data, data bytes, calls);
+ * rx_batch(buffer_size, ns_addr=-1, direct=None) -> (items, more, kick, delivered, data, calls);
  * items are events (src, dst, payload) and error entries (kind, message) in the order met (the last
  * error must be the reference's last), less the data messages deliver_direct handed over. */
 static PyObject *driver_rx_batch(DriverRing *self, PyObject *const *args, Py_ssize_t nargs) {

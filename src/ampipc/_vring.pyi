@@ -41,10 +41,11 @@ class DriverRing:
     def get_used(self) -> tuple[int, int, int, int] | None: ...
     def rx_batch(
         self, buffer_size: int, ns_addr: int = -1, direct: dict[int, DirectTarget] | None = None, /
-    ) -> tuple[list[tuple[int, int, bytes] | tuple[str, str]], bool, bool, int, int, int, Sequence[DirectCall]]:
+    ) -> tuple[list[tuple[int, int, bytes] | tuple[str, str]], bool, bool, int, int, Sequence[DirectCall]]:
         """One receive poll: (events (src, dst, payload) and errors (kind, message) in order, more pending,
         kick, messages handed to ``direct``, data messages in the batch (delivered or not; name-service
-        records to ``ns_addr`` excluded), their payload bytes, the calls to make).
+        records to ``ns_addr`` excluded; they and their bytes go into `messages` / `payload_bytes`), the
+        calls to make).
 
         Data messages for an address in ``direct`` go, after the ring work, to ``direct[dst]((src,
         payload))`` or, for a (callback, endpoint) entry, into the calls as (callback, endpoint, payload,
@@ -97,10 +98,11 @@ class DeviceRing:
     def put_used(self, head: int, length: int, *, publish: bool = True) -> None: ...
     def rx_batch(
         self, buffer_size: int, ns_addr: int = -1, direct: dict[int, DirectTarget] | None = None, /
-    ) -> tuple[list[tuple[int, int, bytes] | tuple[str, str]], bool, bool, int, int, int, Sequence[DirectCall]]:
+    ) -> tuple[list[tuple[int, int, bytes] | tuple[str, str]], bool, bool, int, int, Sequence[DirectCall]]:
         """One receive poll: (events (src, dst, payload) and errors (kind, message) in order, more pending,
         kick, messages handed to ``direct``, data messages in the batch (delivered or not; name-service
-        records to ``ns_addr`` excluded), their payload bytes, the calls to make).
+        records to ``ns_addr`` excluded; they and their bytes go into `messages` / `payload_bytes`), the
+        calls to make).
 
         Data messages for an address in ``direct`` go, after the ring work, to ``direct[dst]((src,
         payload))`` or, for a (callback, endpoint) entry, into the calls as (callback, endpoint, payload,

@@ -381,7 +381,7 @@ class RpmsgVirtio:
             return self._poll(True), 0, ()
         self._raw = True
         batch = fast_rx.rx_batch(self.buffer_size, self._ns_addr, direct)
-        items, self.more_pending, kick, delivered, data, _data_bytes, calls = batch
+        items, self.more_pending, kick, delivered, data, calls = batch
         if kick:
             self.kick_pending = True
         if len(items) == data - delivered:  # `_take_batch`, inline: this runs once per poll
@@ -433,14 +433,14 @@ class RpmsgVirtio:
         events.append((src, dst, payload) if self._raw else Message(src, dst, payload))
 
     def _take_batch(
-        self, batch: tuple[list[tuple[int, int, bytes] | tuple[str, str]], bool, bool, int, int, int, Sequence[DirectCall]]
+        self, batch: tuple[list[tuple[int, int, bytes] | tuple[str, str]], bool, bool, int, int, Sequence[DirectCall]]
     ) -> list[Event | RawMessage]:
         """The result of a C receive poll, through the same error and event handling as the loops below.
 
         The C ring counted the batch's data messages (`_event`'s data branch); what is left here is
         errors, name-service records and, off the raw path, the `Message` objects.
         """
-        items, self.more_pending, kick, delivered, data, _data_bytes, _calls = batch
+        items, self.more_pending, kick, delivered, data, _calls = batch
         if kick:
             self.kick_pending = True
         if self._raw and len(items) == data - delivered:
